@@ -1,0 +1,55 @@
+"""Shared fixtures: slices of the real nsmc4 reviews and one tiny offline backbone."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NSMC4 = Path(os.environ.get("FOCALTUNE_NSMC4", ROOT.parent / "shared" / "data" / "nsmc4"))
+
+
+def read_nsmc(split: str = "train", n: int = 1000, offset: int = 0) -> pd.DataFrame:
+    """Rows [offset, offset + n) of nsmc4's train or test file."""
+    path = NSMC4 / f"{split}.csv.gz"
+    if not path.exists():
+        pytest.skip(f"{path} not found (set FOCALTUNE_NSMC4)")
+    return pd.read_csv(path, skiprows=range(1, offset + 1), nrows=n)
+
+
+@pytest.fixture(scope="session")
+def nsmc_csv(tmp_path_factory: pytest.TempPathFactory):
+    """Factory writing a slice of nsmc4 to a CSV file and returning its path."""
+    folder = tmp_path_factory.mktemp("nsmc")
+
+    def write(n: int = 1000, offset: int = 0, split: str = "train") -> Path:
+        path = folder / f"{split}-{offset}-{n}.csv"
+        if not path.exists():
+            read_nsmc(split, n, offset).to_csv(path, index=False)
+        return path
+
+    return write
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
+    # Keep the tokenisation cache and W&B out of the user's home during tests.
+    monkeypatch.setenv("FOCALTUNE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(tmp_path_factory: pytest.TempPathFactory, nsmc_csv) -> Path:
+    """A 2-layer, 64-wide BERT with a tokenizer trained on 2,000 reviews (no MLM)."""
+    from trainer.backbone import build_backbone
+
+    out = tmp_path_factory.mktemp("backbone") / "tiny"
+    build_backbone(
+        nsmc_csv(2000), out, vocab_size=2000, layers=2, hidden=64, heads=2, max_length=64
+    )
+    return out

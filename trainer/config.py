@@ -1,0 +1,79 @@
+"""Typed settings of one training run, validated once at the edge.
+
+The search side composes these into its study config; nothing below the CLI reads
+raw dicts. Field names of ``Hyperparams`` equal the Optuna parameter names, so a
+trial's params map straight back to a config.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveInt
+
+
+class Strict(BaseModel):
+    """Base for every config section: unknown keys are errors, assignments re-validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class DataConfig(Strict):
+    train: str = Field(description="training file (csv/tsv/json/jsonl/parquet, .gz ok) or Hub name")
+    validation: str | None = Field(None, description="validation file; None = split of train")
+    test: str | None = Field(None, description="optional test file, evaluated by `final`")
+    validation_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    text_column: str = "review"
+    label_column: str = "label"
+    id_column: str | None = Field(None, description="kept in predictions when present")
+    labels: list[str] | None = Field(
+        None, description="label names in id order; None = sorted distinct labels of train"
+    )
+    max_train_samples: PositiveInt | None = None
+    max_eval_samples: PositiveInt | None = None
+    max_length: int = Field(128, ge=8, le=8192)
+    split_seed: int = Field(0, description="seed of the validation split and subsampling")
+    cache_dir: str | None = Field(
+        None, description="tokenisation cache; default $FOCALTUNE_CACHE or ~/.cache/focaltune"
+    )
+
+
+class ModelConfig(Strict):
+    name_or_path: str = Field(description="Hub model name or local folder")
+
+
+class TrainSettings(Strict):
+    """Fixed (not searched) training settings."""
+
+    batch_size: PositiveInt = 32
+    eval_batch_size: PositiveInt = 256
+    gradient_accumulation_steps: PositiveInt = 1
+    evals_per_epoch: PositiveInt = 1
+    seed: int = 42
+    weight_decay: NonNegativeFloat = 0.01
+    warmup_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    lr_scheduler: Literal["linear", "constant", "cosine"] = "linear"
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    bf16: Literal["auto", "on", "off"] = Field("auto", description="auto = on when CUDA exists")
+    group_by_length: bool = True
+
+
+class Hyperparams(Strict):
+    """What the search varies; names equal the Optuna parameter names."""
+
+    focal_gamma: NonNegativeFloat = 2.0
+    focal_alpha: list[float] | None = Field(
+        None, description="one weight per class, normalised to mean 1; None = all 1"
+    )
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    learning_rate: float = Field(5e-5, gt=0.0, lt=1.0)
+    epochs: PositiveInt = 3
+
+
+class TrainConfig(Strict):
+    """Everything one training run needs."""
+
+    data: DataConfig
+    model: ModelConfig
+    train: TrainSettings = TrainSettings()
+    params: Hyperparams = Hyperparams()
