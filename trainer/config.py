@@ -77,3 +77,35 @@ class TrainConfig(Strict):
     model: ModelConfig
     train: TrainSettings = TrainSettings()
     params: Hyperparams = Hyperparams()
+
+
+class MemberConfig(Strict):
+    """One member of the final ensemble: a backbone, its hyperparameters and its own seed."""
+
+    model: str
+    params: Hyperparams
+    seed: int
+    source_trial: int | None = Field(None, description="trial number it came from")
+
+
+class SwaConfig(Strict):
+    last_k: PositiveInt = Field(2, description="average the weights of the last K epochs")
+
+
+class EnsembleConfig(Strict):
+    weights: Literal["tuned", "uniform"] = "uniform"
+    prior_correction: bool = Field(
+        True, description="also report a per-class bias fitted so predictions match the prior"
+    )
+
+
+class FinalConfig(Strict):
+    """What `focaltune export` writes and `focaltune final` trains."""
+
+    data: DataConfig
+    train: TrainSettings = TrainSettings()
+    members: list[MemberConfig] = Field(min_length=1)
+    swa: SwaConfig = SwaConfig()
+    ensemble: EnsembleConfig = EnsembleConfig()
+    full_data: bool = Field(False, description="retrain each member on train + validation")
+    provenance: dict[str, str | int | list[int]] = Field(default_factory=dict)

@@ -1,0 +1,157 @@
+"""Ensembling class probabilities: averaging, weights fitted on validation, prior bias.
+
+Everything here works on numpy arrays of shape (n_examples, n_classes); no torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy.optimize import minimize
+
+# Probabilities are clipped to this before a log, so a confident miss costs ~34.5 nats
+# instead of an infinite loss that would stop the optimiser.
+_EPS = 1e-15
+
+
+def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Numerically stable softmax along ``axis``."""
+    shifted = logits - np.max(logits, axis=axis, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / np.sum(exp, axis=axis, keepdims=True)
+
+
+def _stack(probs: Sequence[np.ndarray]) -> np.ndarray:
+    if len(probs) == 0:
+        raise ValueError("ensemble: got no members' probabilities; pass at least one array")
+    arrays = [np.asarray(p, dtype=np.float64) for p in probs]
+    for index, array in enumerate(arrays):
+        if array.ndim != 2 or array.shape != arrays[0].shape:
+            raise ValueError(
+                f"ensemble: member {index} has probabilities of shape {array.shape}, expected "
+                f"{arrays[0].shape} (n_examples, n_classes) like member 0; predict every "
+                f"member on the same examples"
+            )
+    return np.stack(arrays)
+
+
+def _normalise_weights(weights: Sequence[float] | None, n_members: int) -> np.ndarray:
+    if weights is None:
+        return np.full(n_members, 1.0 / n_members)
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != (n_members,) or np.any(w < 0) or not np.isfinite(w).all() or w.sum() <= 0:
+        raise ValueError(
+            f"ensemble: weights {w.tolist()} must be {n_members} finite non-negative numbers "
+            f"with a positive sum (one per member)"
+        )
+    return w / w.sum()
+
+
+def average_probs(
+    probs: Sequence[np.ndarray], weights: Sequence[float] | None = None
+) -> np.ndarray:
+    """Weighted mean of the members' probabilities; weights are normalised to sum 1.
+
+    ``weights=None`` means uniform.
+    """
+    stacked = _stack(probs)
+    w = _normalise_weights(weights, len(stacked))
+    return np.tensordot(w, stacked, axes=1)
+
+
+def _check_labels(labels: np.ndarray, n_examples: int, n_classes: int) -> np.ndarray:
+    y = np.asarray(labels)
+    if y.shape != (n_examples,) or not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(
+            f"ensemble: labels of shape {y.shape} and dtype {y.dtype} must be {n_examples} "
+            f"integer class indices, one per row of the probabilities"
+        )
+    if y.size and (y.min() < 0 or y.max() >= n_classes):
+        raise ValueError(
+            f"ensemble: label {int(y.min() if y.min() < 0 else y.max())} is outside "
+            f"0..{n_classes - 1}; map labels to class indices first"
+        )
+    return y
+
+
+def log_loss(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Mean negative log-probability of the true class (natural log)."""
+    p = np.asarray(probs, dtype=np.float64)
+    y = _check_labels(labels, p.shape[0], p.shape[1])
+    picked = p[np.arange(len(y)), y]
+    return float(-np.mean(np.log(np.clip(picked, _EPS, 1.0))))
+
+
+def fit_weights(probs: Sequence[np.ndarray], labels: np.ndarray) -> np.ndarray:
+    """Simplex weights minimising the log-loss of the weighted average on ``labels``.
+
+    Weights are the softmax of free variables, optimised with L-BFGS from uniform. If the
+    optimiser does not improve on uniform, uniform is returned, so the fitted weights are
+    never worse than uniform on the fitting data (they may be on other data: keep uniform
+    the default and report both).
+    """
+    stacked = _stack(probs)
+    n_members = len(stacked)
+    y = _check_labels(labels, stacked.shape[1], stacked.shape[2])
+    # Only the true class's probability enters the log-loss: (members, examples).
+    true_p = stacked[:, np.arange(len(y)), y]
+    uniform = np.full(n_members, 1.0 / n_members)
+
+    def loss_and_grad(z: np.ndarray) -> tuple[float, np.ndarray]:
+        w = softmax(z)
+        mix = np.clip(w @ true_p, _EPS, None)
+        grad_w = -np.mean(true_p / mix, axis=1)
+        # Chain rule through softmax: dL/dz_j = w_j * (g_j - sum_k w_k g_k).
+        return float(-np.mean(np.log(mix))), w * (grad_w - w @ grad_w)
+
+    if n_members == 1:
+        return uniform
+    start = np.zeros(n_members)
+    result = minimize(loss_and_grad, start, jac=True, method="L-BFGS-B")
+    if not np.isfinite(result.x).all() or loss_and_grad(result.x)[0] >= loss_and_grad(start)[0]:
+        return uniform
+    return softmax(result.x)
+
+
+def _check_target(target_distribution: np.ndarray, n_classes: int) -> np.ndarray:
+    target = np.asarray(target_distribution, dtype=np.float64)
+    if target.shape != (n_classes,) or not np.isfinite(target).all() or np.any(target <= 0):
+        raise ValueError(
+            f"fit_prior_bias: target distribution {target.tolist()} must be {n_classes} "
+            f"positive numbers (class frequencies or counts); every class must occur"
+        )
+    return target / target.sum()
+
+
+def fit_prior_bias(
+    probs: np.ndarray, target_distribution: np.ndarray, iters: int = 100
+) -> np.ndarray:
+    """Per-class log-bias b so that mean(softmax(log p + b)) equals the target distribution.
+
+    A focal alpha shifts the model's predicted class prior; a bias fitted on validation
+    shifts it back. We match the *mean predicted probability* rather than the argmax
+    counts: it is smooth in b, has a unique solution up to a constant, and the fixed point
+    b += log(target / mean) (the prior-adjustment EM of Saerens et al., 2002) converges.
+    Matching the mean moves the argmax distribution towards the target too. The bias is
+    centred to mean 0.
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim != 2:
+        raise ValueError(f"fit_prior_bias: probabilities of shape {p.shape} must be 2-D")
+    target = _check_target(target_distribution, p.shape[1])
+    log_p = np.log(np.clip(p, _EPS, 1.0))
+    bias = np.zeros(p.shape[1])
+    for _ in range(iters):
+        mean = softmax(log_p + bias).mean(axis=0)
+        step = np.log(target) - np.log(np.clip(mean, _EPS, None))
+        bias += step
+        if np.max(np.abs(step)) < 1e-10:
+            break
+    return bias - bias.mean()
+
+
+def apply_bias(probs: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """Probabilities after adding ``bias`` to their logs, renormalised per row."""
+    p = np.asarray(probs, dtype=np.float64)
+    return softmax(np.log(np.clip(p, _EPS, 1.0)) + np.asarray(bias, dtype=np.float64))

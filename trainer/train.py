@@ -1,0 +1,229 @@
+"""One training run: a BERT-style classifier fine-tuned with the focal loss.
+
+``train_model`` is the whole trainer side as the search sees it: config in, evaluation
+records out, with one per-evaluation hook (the search's pruning seam). It extends the
+Hugging Face Trainer only at its seams: ``compute_loss_func`` and callbacks.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    Trainer,
+    TrainingArguments,
+)
+
+from trainer.callbacks import EvalHook, EvalRecord, EvalRecorder, EvalSchedule, eval_points
+from trainer.config import TrainConfig
+from trainer.data import Splits, load_splits
+from trainer.errors import BadInput
+from trainer.focal import focal_loss, normalise_alpha
+from trainer.metrics import classification_metrics
+from trainer.tokens import encode_cached
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training loss became NaN or infinite (diverged)."""
+
+
+@dataclass
+class TrainResult:
+    history: list[EvalRecord]
+    best: EvalRecord
+    label_names: list[str]
+    train_seconds: float
+    eval_seconds: float
+    train_samples_per_second: float
+    device: str
+    best_weights: dict | None = None
+    model: Any = field(default=None, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "best_accuracy": self.best.accuracy,
+            "best_eval_index": self.best.index,
+            "best_epoch": self.best.epoch,
+            "label_names": self.label_names,
+            "train_seconds": round(self.train_seconds, 3),
+            "eval_seconds": round(self.eval_seconds, 3),
+            "train_samples_per_second": round(self.train_samples_per_second, 2),
+            "device": self.device,
+            "evaluations": [
+                {"index": r.index, "epoch": round(r.epoch, 4), "step": r.step, **r.metrics}
+                for r in self.history
+            ],
+        }
+
+
+class FocalLossFunc:
+    """``compute_loss_func`` for the Trainer: focal loss, gradient-accumulation exact.
+
+    Returning sum / num_items_in_batch (the count over the whole accumulated batch)
+    makes GA 4 x 8 equal GA 1 x 32; the Trainer then does not divide by GA again.
+    Label smoothing lives inside the loss because the Trainer's own
+    ``label_smoothing_factor`` is bypassed by a custom loss.
+    """
+
+    def __init__(self, gamma: float, alpha: torch.Tensor, label_smoothing: float) -> None:
+        self.gamma, self.alpha, self.label_smoothing = gamma, alpha, label_smoothing
+
+    def __call__(self, outputs: Any, labels: torch.Tensor, num_items_in_batch: Any = None):
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+        alpha = self.alpha.to(logits.device)
+        per_example = focal_loss(
+            logits,
+            labels,
+            gamma=self.gamma,
+            alpha=alpha,
+            label_smoothing=self.label_smoothing,
+            reduction="none",
+        )
+        if num_items_in_batch is None:
+            loss = per_example.mean()
+        else:
+            loss = per_example.sum() / num_items_in_batch
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(f"training loss is {loss.item()}; lower the learning rate")
+        return loss
+
+
+def load_backbone(name_or_path: str, num_labels: int) -> tuple[Any, Any]:
+    """Tokenizer and a float32 classifier from a local folder or a Hub name."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            name_or_path, num_labels=num_labels, dtype=torch.float32
+        )
+    except (OSError, ValueError) as err:
+        raise BadInput(
+            f"model.name_or_path {name_or_path!r} could not be loaded "
+            f"({str(err).splitlines()[0][:120]}); give a local backbone folder "
+            "(focaltune backbone build) or a Hub model name reachable from this machine"
+        ) from None
+    return tokenizer, model
+
+
+def use_bf16(setting: str) -> bool:
+    if setting == "off" or not torch.cuda.is_available():
+        return setting == "on" and torch.cuda.is_available()
+    return torch.cuda.is_bf16_supported()
+
+
+def training_arguments(cfg: TrainConfig, out_dir: str) -> TrainingArguments:
+    t, p = cfg.train, cfg.params
+    cuda = torch.cuda.is_available()
+    return TrainingArguments(
+        output_dir=out_dir,
+        num_train_epochs=p.epochs,
+        learning_rate=p.learning_rate,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.eval_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        weight_decay=t.weight_decay,
+        warmup_steps=t.warmup_fraction,
+        lr_scheduler_type=t.lr_scheduler,
+        max_grad_norm=t.max_grad_norm,
+        seed=t.seed,
+        bf16=use_bf16(t.bf16),
+        tf32=True if cuda and torch.cuda.get_device_capability()[0] >= 8 else None,
+        use_cpu=not cuda,
+        dataloader_pin_memory=cuda,
+        eval_strategy="no",  # EvalSchedule decides: evaluation k is one point in every trial
+        save_strategy="no",  # nothing written during a run; the best weights stay in memory
+        logging_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        remove_unused_columns=True,
+    )
+
+
+def _encode(splits: Splits, tokenizer: Any, cfg: TrainConfig) -> tuple[Any, Any]:
+    d = cfg.data
+    train = encode_cached(
+        splits.train_texts, splits.train_labels, tokenizer, d.max_length, d.cache_dir
+    )
+    evals = encode_cached(
+        splits.eval_texts, splits.eval_labels, tokenizer, d.max_length, d.cache_dir
+    )
+    return train, evals
+
+
+def train_model(
+    cfg: TrainConfig,
+    *,
+    on_evaluate: EvalHook | None = None,
+    keep_best_weights: bool = False,
+    callbacks: list[Any] | None = None,
+    splits: Splits | None = None,
+) -> TrainResult:
+    """Fine-tune ``cfg.model`` on ``cfg.data`` with the focal loss; evaluate on schedule."""
+    splits = splits or load_splits(cfg.data)
+    alpha = normalise_alpha(cfg.params.focal_alpha, splits.num_labels)
+    tokenizer, model = load_backbone(cfg.model.name_or_path, splits.num_labels)
+    train_set, eval_set = _encode(splits, tokenizer, cfg)
+
+    last_metrics: dict[str, Any] = {}
+
+    def compute_metrics(pred: Any) -> dict[str, float]:
+        logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
+        last_metrics.clear()
+        last_metrics.update(classification_metrics(logits, pred.label_ids, splits.num_labels))
+        return {"accuracy": last_metrics["accuracy"]}  # the full dict goes to EvalRecorder
+
+    recorder = EvalRecorder(lambda: dict(last_metrics), on_evaluate, keep_best_weights)
+    t = cfg.train
+    steps_per_epoch = math.ceil(len(train_set) / (t.batch_size * t.gradient_accumulation_steps))
+    schedule = EvalSchedule(eval_points(steps_per_epoch, cfg.params.epochs, t.evals_per_epoch))
+    with tempfile.TemporaryDirectory(prefix="focaltune-run-") as scratch:
+        trainer = Trainer(
+            model=model,
+            args=training_arguments(cfg, scratch),
+            train_dataset=train_set,
+            eval_dataset=eval_set,
+            data_collator=DataCollatorWithPadding(tokenizer),
+            compute_loss_func=FocalLossFunc(
+                cfg.params.focal_gamma, alpha, cfg.params.label_smoothing
+            ),
+            compute_metrics=compute_metrics,
+            callbacks=[schedule, recorder, *(callbacks or [])],
+        )
+        started = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - started
+    pure = max(seconds - recorder.eval_seconds, 1e-9)
+    return TrainResult(
+        history=recorder.history,
+        best=recorder.best,
+        label_names=splits.label_names,
+        train_seconds=seconds,
+        eval_seconds=recorder.eval_seconds,
+        train_samples_per_second=len(train_set) * cfg.params.epochs / pure,
+        device=str(trainer.args.device),
+        best_weights=recorder.best_weights,
+        model=model,
+    )
+
+
+def summarise(result: TrainResult) -> str:
+    accs = " ".join(f"{r.accuracy:.4f}" for r in result.history)
+    return (
+        f"best accuracy {result.best.accuracy:.4f} at evaluation {result.best.index} "
+        f"(epoch {result.best.epoch:.2f}); curve {accs}; "
+        f"{result.train_samples_per_second:.1f} train samples/s on {result.device}"
+    )
+
+
+__all__ = ["NonFiniteLoss", "TrainResult", "load_backbone", "summarise", "train_model"]
