@@ -27,8 +27,20 @@ format: install
 test: install lint
 	$(BIN)/pytest -q
 
-search: install
-	$(BIN)/focaltune train configs/demo.yaml --out runs/demo-train
+# The demo study: nsmc4 reviews, an offline backbone built from them, 2 local workers.
+NSMC4 ?= ../shared/data/nsmc4
+DEMO  := nsmc4-demo
+DB    := sqlite:///runs/focaltune.db
+
+runs/backbone/config.json: | install
+	@test -f $(NSMC4)/train.csv.gz || { echo "no data at $(NSMC4); set NSMC4=folder with train.csv.gz"; exit 2; }
+	$(BIN)/focaltune backbone build --train $(NSMC4)/train.csv.gz --out runs/backbone \
+		--max-samples 20000 --vocab-size 8000 --layers 2 --hidden 128 --heads 2 --max-length 64
+
+search: install runs/backbone/config.json
+	$(BIN)/focaltune launch configs/demo.yaml --workers 2
+	$(BIN)/focaltune export --storage $(DB) --study $(DEMO) --out runs/final.yaml
+	@echo "exported config: runs/final.yaml"
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

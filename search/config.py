@@ -8,10 +8,17 @@ one-line message the CLI prints.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, NonNegativeFloat, PositiveInt, ValidationError, model_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    NonNegativeFloat,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
 
 from trainer.config import DataConfig, Hyperparams, ModelConfig, Strict, TrainSettings
 from trainer.errors import BadInput
@@ -77,23 +84,21 @@ class IntRange(Strict):
         return self
 
 
+Floats = Annotated[FloatRange, BeforeValidator(_as_range)]
+Ints = Annotated[IntRange, BeforeValidator(_as_range)]
+
+
 class SpaceConfig(Strict):
-    focal_gamma: FloatRange = FloatRange(low=0.0, high=5.0)
-    focal_alpha: FloatRange | None = Field(
+    """Searched ranges, written [low, high] in YAML; a single number pins the value."""
+
+    focal_gamma: Floats = FloatRange(low=0.0, high=5.0)
+    focal_alpha: Floats | None = Field(
         FloatRange(low=0.25, high=4.0), description="per class, log scale; None = all 1"
     )
-    label_smoothing: FloatRange = FloatRange(low=0.0, high=0.3)
-    learning_rate: FloatRange = FloatRange(low=1e-5, high=1e-4)
-    epochs: IntRange = IntRange(low=2, high=8)
+    label_smoothing: Floats = FloatRange(low=0.0, high=0.3)
+    learning_rate: Floats = FloatRange(low=1e-5, high=1e-4)
+    epochs: Ints = IntRange(low=2, high=8)
     backbones: list[str] | None = Field(None, min_length=1)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _ranges(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            names = ("focal_gamma", "focal_alpha", "label_smoothing", "learning_rate", "epochs")
-            data = {k: (_as_range(v) if k in names else v) for k, v in data.items()}
-        return data
 
     @model_validator(mode="after")
     def _bounds(self) -> SpaceConfig:

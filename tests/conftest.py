@@ -53,3 +53,18 @@ def tiny_backbone(tmp_path_factory: pytest.TempPathFactory, nsmc_csv) -> Path:
         nsmc_csv(2000), out, vocab_size=2000, layers=2, hidden=64, heads=2, max_length=64
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory):
+    """A real PostgreSQL server on 127.0.0.1, started once for the test session."""
+    from storage.postgres import LocalPostgres
+
+    with LocalPostgres(tmp_path_factory.mktemp("pg")) as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres, request: pytest.FixtureRequest) -> str:
+    """A fresh, empty database on the session's server, one per test."""
+    return postgres.create_database(f"t_{abs(hash(request.node.nodeid)) % 10**9}")

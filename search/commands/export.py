@@ -1,0 +1,36 @@
+"""`focaltune export --storage URL --study NAME [--top-k 3 | --per-backbone] --out FINAL.yaml`."""
+
+from __future__ import annotations
+
+import argparse
+
+from search.commands.common import add_storage_args, storage_url
+from search.export import export_final, to_yaml
+from search.files import write_text_atomic
+from search.study import load_existing, stored_config
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "export",
+        help="write the final-training config from the best trials",
+        description="Turn the best COMPLETE trials into a final config (members, seeds, "
+        "data, SWA and ensemble settings) for `focaltune final`.",
+    )
+    add_storage_args(parser)
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--top-k", type=int, default=3, help="members = the K best trials")
+    group.add_argument("--per-backbone", action="store_true", help="the best trial per backbone")
+    parser.add_argument("--out", required=True, help="YAML file to write")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    study = load_existing(storage_url(args), args.study)
+    final = export_final(
+        study, stored_config(study), top_k=args.top_k, per_backbone=args.per_backbone
+    )
+    path = write_text_atomic(args.out, to_yaml(final))
+    trials = ", ".join(str(m.source_trial) for m in final.members)
+    print(f"exported {len(final.members)} members (trials {trials}) to {path}")
+    return 0

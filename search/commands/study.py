@@ -1,0 +1,35 @@
+"""`focaltune study create CONFIG.yaml`: validate, create (idempotent), store the config."""
+
+from __future__ import annotations
+
+import argparse
+
+from search.commands.common import storage_url
+from search.config import load_study_config
+from search.study import create_study
+from storage import describe, open_storage
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("study", help="create studies")
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = actions.add_parser(
+        "create",
+        help="validate the config and create the study (idempotent)",
+        description="Validate CONFIG.yaml and its data, then create the study and store the "
+        "whole config in it. Creating again with the same config does nothing; with a "
+        "different config it is refused.",
+    )
+    create.add_argument("config", help="study config YAML")
+    create.add_argument(
+        "--storage", default=None, help="storage URL (overrides $FOCALTUNE_STORAGE and the config)"
+    )
+    create.set_defaults(func=run_create)
+
+
+def run_create(args: argparse.Namespace) -> int:
+    cfg = load_study_config(args.config)
+    url = storage_url(args, cfg.study.storage)
+    study = create_study(cfg, open_storage(url, heartbeat_interval=None))
+    print(f"study {study.study_name} ready in {describe(url)} ({len(study.trials)} trials)")
+    return 0

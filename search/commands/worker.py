@@ -1,0 +1,42 @@
+"""`focaltune worker --storage URL --study NAME`: run trials until the budget is met."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from search.commands.common import add_storage_args, storage_url
+from search.worker import run_worker
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "worker",
+        help="run trials of a study until its budget is met",
+        description="Load a study by storage URL and name (its config is stored in it) and "
+        "run trials until the study's budget (COMPLETE + PRUNED over all workers), "
+        "--n-trials or --timeout is reached. Start as many as you like, anywhere.",
+    )
+    add_storage_args(parser)
+    parser.add_argument("--n-trials", type=int, default=None, help="at most N trials here")
+    parser.add_argument("--timeout", type=float, default=None, help="start no trial after S s")
+    parser.add_argument(
+        "--worker-index",
+        type=int,
+        default=None,
+        help="distinct per worker (sampler seed offset); default: from the process id",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    index = args.worker_index if args.worker_index is not None else os.getpid()
+    summary = run_worker(
+        storage_url(args),
+        args.study,
+        worker_index=index,
+        n_trials=args.n_trials,
+        timeout=args.timeout,
+    )
+    print(f"worker done: {summary.trials_run} trials, stopped by {summary.stopped_by}")
+    return 143 if summary.stopped_by == "signal" else 0

@@ -1,0 +1,85 @@
+"""Export the best trials of a study as the final-training config (readable YAML)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import optuna
+import yaml
+from optuna.trial import FrozenTrial, TrialState
+
+from search.config import StudyConfig
+from search.space import params_to_config
+from trainer.config import FinalConfig, MemberConfig
+from trainer.errors import BadInput
+
+
+def rank_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """COMPLETE trials, best first; identical params (retries) counted once."""
+    seen, ranked = set(), []
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    for trial in sorted(complete, key=lambda t: (-t.value, t.number)):
+        key = json.dumps(trial.params, sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            ranked.append(trial)
+    return ranked
+
+
+def choose(ranked: list[FrozenTrial], top_k: int, per_backbone: bool, default: str) -> list:
+    if not per_backbone:
+        return ranked[:top_k]
+    best: dict[str, FrozenTrial] = {}
+    for trial in ranked:
+        best.setdefault(trial.params.get("backbone", default), trial)
+    return list(best.values())
+
+
+def config_hash(cfg: StudyConfig) -> str:
+    text = json.dumps(cfg.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def export_final(
+    study: optuna.Study, cfg: StudyConfig, *, top_k: int = 3, per_backbone: bool = False
+) -> FinalConfig:
+    """The final config: one member per chosen trial, each with its own seed."""
+    ranked = rank_trials(study)
+    if not ranked:
+        raise BadInput(
+            f"study {study.study_name!r} has no COMPLETE trial to export; "
+            "run workers first (focaltune worker / launch)"
+        )
+    chosen = choose(ranked, top_k, per_backbone, cfg.model.name_or_path)
+    members = []
+    for i, trial in enumerate(chosen):
+        run = params_to_config(trial.params, cfg)
+        seed = cfg.train.seed + 1000 * (i + 1) + trial.number  # members must not share a seed
+        members.append(
+            MemberConfig(
+                model=run.model.name_or_path,
+                params=run.params,
+                seed=seed,
+                source_trial=trial.number,
+            )
+        )
+    return FinalConfig(
+        data=cfg.data,
+        train=cfg.train,
+        members=members,
+        provenance={
+            "study": study.study_name,
+            "trials": [t.number for t in chosen],
+            "config_hash": config_hash(cfg),
+        },
+    )
+
+
+def to_yaml(final: FinalConfig) -> str:
+    header = (
+        "# Final training config exported by focaltune; edit freely, then:\n"
+        "#   focaltune final THIS.yaml --out runs/final\n"
+    )
+    body = yaml.safe_dump(final.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+    return header + body

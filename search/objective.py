@@ -1,0 +1,88 @@
+"""The objective: suggest → train → best eval accuracy.
+
+Optuna records pruned and failed trials itself; this module only adds what Optuna
+cannot know: the metrics of the best evaluation as user attributes, and the reason
+when a trial ends early (pruned at evaluation k, out of memory, diverged).
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+import torch
+
+from search.config import StudyConfig
+from search.space import suggest
+from trainer.callbacks import EvalRecord
+from trainer.data import Splits
+from trainer.train import NonFiniteLoss, train_model
+
+# Errors that end one trial (recorded as FAIL with a reason) while the worker goes on.
+TRIAL_ERRORS: tuple[type[Exception], ...] = (torch.OutOfMemoryError, NonFiniteLoss)
+
+ATTR_KEYS = ("accuracy", "macro_f1", "recall", "nll", "pred_distribution", "pred_tv_distance")
+
+
+def record_best(trial: optuna.Trial, history: list[EvalRecord]) -> None:
+    """User attributes of the best evaluation so far (for pruned trials too)."""
+    if not history:
+        return
+    best = max(history, key=lambda r: r.accuracy)
+    for key in ATTR_KEYS:
+        trial.set_user_attr(key, best.metrics[key])
+    trial.set_user_attr("label_distribution", best.metrics["label_distribution"])
+    trial.set_user_attr("best_eval_index", best.index)
+    trial.set_user_attr("best_epoch", round(best.epoch, 3))
+    trial.set_user_attr("accuracy_curve", [round(r.accuracy, 5) for r in history])
+
+
+def make_objective(
+    base: StudyConfig,
+    splits: Splits,
+    on_trial_end: Callable[[optuna.Trial, list[EvalRecord], Any], None] | None = None,
+) -> Callable[[optuna.Trial], float]:
+    """The objective for ``study.optimize``; ``splits`` are loaded once per worker."""
+
+    def objective(trial: optuna.Trial) -> float:
+        cfg = suggest(trial, base)
+        history: list[EvalRecord] = []
+
+        def report(record: EvalRecord) -> None:
+            history.append(record)
+            trial.report(record.accuracy, step=record.index)
+            if trial.should_prune():
+                trial.set_user_attr("end_reason", f"pruned at evaluation {record.index}")
+                raise optuna.TrialPruned(f"pruned at evaluation {record.index}")
+
+        result = None
+        try:
+            result = train_model(cfg, on_evaluate=report, splits=splits)
+            trial.set_user_attr("end_reason", "completed")
+            trial.set_user_attr("train_seconds", round(result.train_seconds, 2))
+            trial.set_user_attr(
+                "train_samples_per_second", round(result.train_samples_per_second, 1)
+            )
+            trial.set_user_attr("device", result.device)
+            return result.best.accuracy
+        except TRIAL_ERRORS as err:
+            kind = "out of memory" if isinstance(err, torch.OutOfMemoryError) else "diverged"
+            trial.set_user_attr("end_reason", f"failed: {kind}: {str(err)[:200]}")
+            raise
+        finally:
+            record_best(trial, history)
+            if on_trial_end is not None:
+                on_trial_end(trial, history, result)
+            del result
+            free_memory()
+
+    return objective
+
+
+def free_memory() -> None:
+    """Release the trial's model and optimizer state, pruned and failed trials too."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

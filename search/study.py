@@ -1,0 +1,131 @@
+"""Studies: created once (idempotently) with their whole config; workers only load.
+
+The validated config is stored as a study user attribute, with the storage URL left
+out (it may hold a password and a worker already knows it), data paths made absolute
+and the label names filled in from the data, so every worker trains the same task.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from search.config import SCHEMA_VERSION, StudyConfig, parse_study_config
+from search.space import hyperparams_to_params
+from storage import describe, open_storage
+from trainer.data import load_splits
+from trainer.errors import BadInput
+
+log = logging.getLogger(__name__)
+CONFIG_ATTR = "focaltune:config"
+SCHEMA_ATTR = "focaltune:schema_version"
+
+
+def resolve_config(cfg: StudyConfig) -> StudyConfig:
+    """Check the data (before anything is created) and pin what workers need to agree on."""
+    data = cfg.data.model_copy()
+    for key in ("train", "validation", "test"):
+        value = getattr(data, key)
+        if value and Path(value).exists():
+            setattr(data, key, str(Path(value).resolve()))
+    splits = load_splits(data)
+    data.labels = splits.label_names
+    model = cfg.model.model_copy()
+    if Path(model.name_or_path).is_dir():
+        model.name_or_path = str(Path(model.name_or_path).resolve())
+    study = cfg.study.model_copy(update={"storage": None})
+    return cfg.model_copy(update={"data": data, "model": model, "study": study})
+
+
+def stored_config(study: optuna.Study) -> StudyConfig:
+    raw = study.user_attrs.get(CONFIG_ATTR)
+    if raw is None:
+        raise BadInput(
+            f"study {study.study_name!r} has no focaltune config; "
+            "create it with `focaltune study create CONFIG.yaml`"
+        )
+    return parse_study_config(raw, f"study {study.study_name!r}")
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    diffs = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            diffs.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return diffs
+
+
+def create_study(cfg: StudyConfig, storage: optuna.storages.BaseStorage) -> optuna.Study:
+    """Create the study with its config, or return it when it exists with the same config."""
+    resolved = resolve_config(cfg)
+    wanted = resolved.model_dump(mode="json")
+    name = cfg.study.name
+    if name in optuna.get_all_study_names(storage):
+        study = optuna.load_study(study_name=name, storage=storage)
+        diffs = _differences(study.user_attrs.get(CONFIG_ATTR) or {}, wanted)
+        if diffs:
+            raise BadInput(
+                f"study {name!r} already exists with a different config ({'; '.join(diffs[:3])}); "
+                "use a new study.name or the same config"
+            )
+        log.info("study %s exists with the same config; nothing to do", name)
+        return study
+    study = optuna.create_study(
+        study_name=name, storage=storage, direction="maximize", load_if_exists=True
+    )
+    try:
+        study.set_user_attr(CONFIG_ATTR, wanted)
+        study.set_user_attr(SCHEMA_ATTR, SCHEMA_VERSION)
+        for entry in resolved.study.enqueue:
+            study.enqueue_trial(hyperparams_to_params(entry), skip_if_exists=True)
+    except BaseException:
+        optuna.delete_study(study_name=name, storage=storage)  # no half-made study
+        raise
+    log.info("created study %s (%d trials enqueued)", name, len(resolved.study.enqueue))
+    return study
+
+
+def make_sampler(cfg: StudyConfig, worker_index: int) -> optuna.samplers.BaseSampler:
+    # Multivariate TPE with constant liar suits parallel workers; the same seed in every
+    # worker is the main cause of duplicate trials (optuna#3790), so each gets its own.
+    return optuna.samplers.TPESampler(
+        multivariate=True,
+        constant_liar=True,
+        n_startup_trials=cfg.study.sampler.n_startup_trials,
+        seed=cfg.study.sampler.seed + 7919 * worker_index,
+    )
+
+
+def make_pruner(cfg: StudyConfig) -> optuna.pruners.BasePruner:
+    p = cfg.study.pruner
+    if p.type == "hyperband":
+        max_resource = cfg.space.epochs.high * cfg.train.evals_per_epoch
+        return optuna.pruners.HyperbandPruner(
+            min_resource=p.min_resource,
+            max_resource=max(max_resource, p.min_resource),
+            reduction_factor=p.reduction_factor,
+        )
+    if p.type == "median":
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps
+        )
+    return optuna.pruners.NopPruner()
+
+
+def load_existing(url: str, name: str) -> optuna.Study:
+    """Load a study for reading; a missing one is bad input (lists the ones that exist)."""
+    storage = open_storage(url, heartbeat_interval=None)
+    names = optuna.get_all_study_names(storage)
+    if name not in names:
+        known = ", ".join(names[:5]) or "none"
+        raise BadInput(
+            f"study {name!r} not found in {describe(url)} (studies there: {known}); "
+            "check --study or create it with `focaltune study create`"
+        )
+    return optuna.load_study(study_name=name, storage=storage)

@@ -1,0 +1,158 @@
+"""A worker: loads a study by storage URL and name, runs trials until the budget is met.
+
+The budget (``study.n_trials``) counts COMPLETE + PRUNED trials of all workers. A
+worker starts a trial only while finished + running trials are below the budget, and
+a trial that still finds the budget covered by lower-numbered trials (two workers
+starting at the same instant) ends at once, so the study never overshoots. Workers
+wait for running trials rather than exit, because one of them may die and come back
+as a retry.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from search.config import StudyConfig
+from search.objective import TRIAL_ERRORS, make_objective
+from search.reporting import make_trial_reporter
+from search.study import make_pruner, make_sampler, stored_config
+from storage import open_storage
+from trainer.data import load_splits
+
+log = logging.getLogger(__name__)
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+class StopRequested(KeyboardInterrupt):
+    """SIGTERM/SIGINT: fail the running trial cleanly (it is retried), then exit."""
+
+
+class BudgetReached(Exception):
+    """This trial is beyond the study's budget: lower-numbered trials cover it."""
+
+
+@dataclass
+class WorkerSummary:
+    trials_run: int
+    stopped_by: str
+
+
+def open_study(url: str, name: str, worker_index: int) -> tuple[optuna.Study, StudyConfig]:
+    """Load the study with a heartbeat storage set up from the study's own config."""
+    plain = optuna.load_study(study_name=name, storage=open_storage(url, heartbeat_interval=None))
+    cfg = stored_config(plain)
+    s = cfg.study
+    storage = open_storage(
+        url,
+        heartbeat_interval=s.heartbeat_interval,
+        grace_period=s.grace_period,
+        max_retry=s.max_retry,
+    )
+    study = optuna.load_study(
+        study_name=name,
+        storage=storage,
+        sampler=make_sampler(cfg, worker_index),
+        pruner=make_pruner(cfg),
+    )
+    return study, cfg
+
+
+def counts(study: optuna.Study) -> dict[TrialState, int]:
+    result = dict.fromkeys(TrialState, 0)
+    for trial in study.get_trials(deepcopy=False):
+        result[trial.state] += 1
+    return result
+
+
+def ahead_of(study: optuna.Study, number: int) -> int:
+    """Finished or running trials numbered below ``number``."""
+    states = (*FINISHED, TrialState.RUNNING)
+    return sum(1 for t in study.get_trials(deepcopy=False, states=states) if t.number < number)
+
+
+def trial_line(trial: FrozenTrial) -> str:
+    value = "-" if trial.value is None else f"{trial.value:.4f}"
+    if trial.state == TrialState.PRUNED and trial.intermediate_values:
+        value = f"{max(trial.intermediate_values.values()):.4f}"
+    seconds = (trial.duration.total_seconds()) if trial.duration else 0.0
+    params = ", ".join(
+        f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items()
+    )
+    reason = trial.user_attrs.get("end_reason", "")
+    return (
+        f"trial {trial.number:>3} {trial.state.name:<8} acc {value} {seconds:6.1f}s "
+        f"[{params}] {reason}"
+    )
+
+
+def _raise_stop(signum: int, _frame: object) -> None:
+    raise StopRequested(f"stopped by signal {signal.Signals(signum).name}")
+
+
+def run_worker(
+    url: str,
+    name: str,
+    *,
+    worker_index: int = 0,
+    n_trials: int | None = None,
+    timeout: float | None = None,
+    poll_seconds: float = 2.0,
+    echo: Callable[[str], None] = print,
+) -> WorkerSummary:
+    """Run trials of study ``name`` until its budget, ``n_trials`` or ``timeout`` is reached."""
+    study, cfg = open_study(url, name, worker_index)
+    budget = cfg.study.n_trials
+    splits = load_splits(cfg.data)
+    objective = make_objective(cfg, splits, on_trial_end=make_trial_reporter(study, cfg, url))
+    current: dict[str, optuna.Trial] = {}
+
+    def guarded(trial: optuna.Trial) -> float:
+        current["trial"] = trial
+        if ahead_of(study, trial.number) >= budget:
+            trial.set_user_attr("end_reason", "not run: the budget was met by other trials")
+            raise BudgetReached(f"budget {budget} met")
+        return objective(trial)
+
+    def announce(_study: optuna.Study, trial: FrozenTrial) -> None:
+        echo(trial_line(trial))
+
+    signal.signal(signal.SIGTERM, _raise_stop)
+    started, ran = time.monotonic(), 0
+    try:
+        while True:
+            if n_trials is not None and ran >= n_trials:
+                return WorkerSummary(ran, "n_trials")
+            if timeout is not None and time.monotonic() - started >= timeout:
+                return WorkerSummary(ran, "timeout")
+            optuna.storages.fail_stale_trials(study)
+            c = counts(study)
+            done = c[TrialState.COMPLETE] + c[TrialState.PRUNED]
+            if done >= budget:
+                return WorkerSummary(ran, "budget")
+            if done + c[TrialState.RUNNING] >= budget and not c[TrialState.WAITING]:
+                time.sleep(poll_seconds)  # a running trial may still fail and be retried
+                continue
+            study.optimize(
+                guarded, n_trials=1, catch=(*TRIAL_ERRORS, BudgetReached), callbacks=[announce]
+            )
+            ran += 1
+    except KeyboardInterrupt as stop:
+        retry_interrupted(study, current.get("trial"), cfg.study.max_retry)
+        echo(f"worker stopped: {stop or 'interrupted'}")
+        return WorkerSummary(ran, "signal")
+
+
+def retry_interrupted(study: optuna.Study, trial: optuna.Trial | None, max_retry: int) -> None:
+    """Give an interrupted (now FAIL) trial back to the study as a WAITING retry."""
+    if trial is None:
+        return
+    frozen = study._storage.get_trial(trial._trial_id)
+    if frozen.state == TrialState.FAIL:
+        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)(study, frozen)

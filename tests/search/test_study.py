@@ -1,0 +1,55 @@
+"""Creating studies: idempotent, refuses a different config, nothing half-made."""
+
+from __future__ import annotations
+
+import optuna
+import yaml
+
+from search.config import load_study_config
+from search.study import CONFIG_ATTR, create_study, stored_config
+from storage import open_storage
+from tests.search.conftest import focaltune
+
+
+def test_create_is_idempotent_and_stores_the_config(write_config, tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    cfg = load_study_config(write_config("s1", study={"enqueue": [{"focal_gamma": 2.965}]}))
+    storage = open_storage(url, heartbeat_interval=None)
+    first = create_study(cfg, storage)
+    again = create_study(cfg, storage)
+    assert first._study_id == again._study_id
+    assert len(optuna.get_all_study_names(storage)) == 1
+    stored = stored_config(again)
+    assert stored.data.labels == ["0", "1", "2", "3"]  # resolved from the data
+    assert stored.study.storage is None  # a URL (maybe with a password) is never stored
+    waiting = again.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert len(waiting) == 1
+    assert waiting[0].system_attrs["fixed_params"] == {"focal_gamma": 2.965}
+
+
+def test_different_config_is_refused_with_the_difference(write_config, tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    assert focaltune("study", "create", str(write_config("s2")), "--storage", url).returncode == 0
+    changed = write_config("s2", space={"epochs": [1, 3]})
+    result = focaltune("study", "create", str(changed), "--storage", url)
+    assert result.returncode == 2
+    assert "space.epochs.high: 2 -> 3" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_bad_data_leaves_no_study(write_config, tmp_path) -> None:
+    db = tmp_path / "s.db"
+    path = write_config("s3", data={"text_column": "nope"})
+    result = focaltune("study", "create", str(path), "--storage", f"sqlite:///{db}")
+    assert result.returncode == 2 and "nope" in result.stderr
+    assert "Traceback" not in result.stderr
+    if db.exists():
+        assert optuna.get_all_study_names(f"sqlite:///{db}") == []
+
+
+def test_stored_config_is_yaml_friendly(write_config, tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = create_study(
+        load_study_config(write_config("s4")), open_storage(url, heartbeat_interval=None)
+    )
+    yaml.safe_dump(study.user_attrs[CONFIG_ATTR])  # plain data, readable by any tool
