@@ -19,6 +19,7 @@ from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
     DataCollatorWithPadding,
+    PrinterCallback,
     Trainer,
     TrainingArguments,
 )
@@ -200,6 +201,7 @@ def train_model(
             compute_metrics=compute_metrics,
             callbacks=[schedule, recorder, *(callbacks or [])],
         )
+        trainer.remove_callback(PrinterCallback)  # it prints every eval dict to stdout
         started = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - started

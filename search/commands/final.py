@@ -1,0 +1,66 @@
+"""`focaltune final FINAL.yaml --out DIR`: train the members, SWA, ensemble; write the bundle."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from search.config import describe_error
+from trainer.config import FinalConfig
+from trainer.errors import BadInput
+from trainer.final import run_final
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "final",
+        help="train the final ensemble (members, SWA, weights) and write the bundle",
+        description="Train every member of a final config (from `focaltune export`) with its "
+        "own seed, keep the better of its best-epoch and SWA weights, fit the ensemble on "
+        "validation and write DIR/: member folders (safetensors), ensemble.json, report.json, "
+        "report.md and PNG plots. The bundle appears only when complete.",
+    )
+    parser.add_argument("config", help="final config YAML (focaltune export --out ...)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="bundle folder to create")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(func=run)
+
+
+def load_final_config(path: str | Path) -> FinalConfig:
+    """Read and validate a final config YAML; BadInput names the first bad key."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadInput(f"{path}: final config not found; write one with `focaltune export`")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise BadInput(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise BadInput(f"{path}: expected a mapping with data, train and members sections")
+    try:
+        return FinalConfig.model_validate(raw)
+    except ValidationError as err:
+        raise BadInput(describe_error(err, str(path))) from None
+
+
+def run(args: argparse.Namespace) -> int:
+    final = load_final_config(args.config)
+    report = run_final(final, args.out, overwrite=args.overwrite, progress=not args.no_progress)
+    for member in report["members"]:
+        val = member["validation"]
+        print(
+            f"{member['name']}: validation accuracy best-epoch {val['best']['accuracy']:.4f}, "
+            f"SWA {val['swa']['accuracy']:.4f}; kept {member['kept']}"
+        )
+    ensemble = report["ensemble"]
+    served = ensemble["variants"][ensemble["variant"]]
+    line = f"ensemble ({ensemble['variant']}): validation {served['validation']['accuracy']:.4f}"
+    if served["test"]:
+        line += f", test {served['test']['accuracy']:.4f}"
+    print(line)
+    print(f"bundle: {args.out} (report: {Path(args.out) / 'report.md'})")
+    return 0

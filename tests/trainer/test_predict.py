@@ -1,0 +1,141 @@
+"""Prediction: one inference path, the bundle's ensemble, the predictions file, bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from search.cli import main
+from trainer.bundle import save_member, write_manifest
+from trainer.errors import BadInput
+from trainer.predict import predict_file, predict_probs
+
+LABELS = ["0", "1", "2", "3"]
+PROBS = [f"prob_{name}" for name in LABELS]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny models: torch's intra-op threads cost more than they give, and on a busy 2-core
+    # machine they contend (a 2-layer training run measured 7x slower with 2 threads).
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def member(tiny_backbone: Path) -> tuple[torch.nn.Module, object]:
+    """A tiny classifier with a trained-looking (random but non-uniform) head."""
+    torch.manual_seed(1)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        tiny_backbone, num_labels=len(LABELS), dtype=torch.float32
+    )
+    with torch.no_grad():
+        model.classifier.weight.mul_(30.0)  # spread the probabilities: equalities must be earned
+    return model, AutoTokenizer.from_pretrained(tiny_backbone)
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(member, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three identical members, uniform weights, id column configured."""
+    root = tmp_path_factory.mktemp("predict") / "bundle"
+    model, tokenizer = member
+    names = ["member-1", "member-2", "member-3"]
+    for name in names:
+        save_member(model, tokenizer, root / "members" / name, LABELS)
+    data = {"text_column": "review", "label_column": "label", "id_column": "id", "max_length": 32}
+    body = {"label_names": LABELS, "data": data, "weights": [1 / 3] * 3}
+    body |= {"members": [{"name": n, "path": f"members/{n}"} for n in names]}
+    write_manifest(root, body | {"bias": None, "bias_applied": False})
+    return root
+
+
+@pytest.fixture
+def reviews(nsmc_csv) -> Path:
+    return nsmc_csv(100, split="test")
+
+
+def read_output(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path)  # pandas reads floats back exactly (round trip)
+
+
+def test_ensemble_of_identical_members_equals_one_member(
+    bundle_dir: Path, member, reviews: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "pred.csv"
+    predict_file(bundle_dir, reviews, out, batch_size=16, progress=False)
+    texts = pd.read_csv(reviews)["review"].tolist()
+    single = predict_probs(*member, texts, max_length=32, batch_size=16)
+    assert single.max(axis=1).mean() > 0.4, "probabilities must not be uniform for this test"
+    written = read_output(out)
+    np.testing.assert_allclose(written[PROBS].to_numpy(), single, rtol=0, atol=1e-12)
+    assert written["label"].tolist() == single.argmax(axis=1).tolist()
+
+
+def test_output_keeps_the_id_column_and_adds_label_and_probabilities(
+    bundle_dir: Path, reviews: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "sub" / "pred.tsv"
+    predict_file(bundle_dir, reviews, out, progress=False)
+    written = pd.read_csv(out, sep="\t")
+    source = pd.read_csv(reviews)
+    assert list(written.columns) == ["id", "label", "label_name", *PROBS]
+    assert written["id"].tolist() == source["id"].tolist()
+    assert written["label_name"].astype(str).tolist() == [LABELS[i] for i in written["label"]]
+    np.testing.assert_allclose(written[PROBS].sum(axis=1), 1.0, atol=1e-12)
+    assert [p.name for p in out.parent.iterdir()] == ["pred.tsv"]  # no temp file left
+
+
+def test_probabilities_do_not_depend_on_batching(member, reviews: Path) -> None:
+    texts = pd.read_csv(reviews)["review"].tolist()[:40]
+    alone = predict_probs(*member, texts, max_length=32, batch_size=1)
+    batched = predict_probs(*member, texts, max_length=32, batch_size=64)
+    # Rows come back in input order, and padding inside a batch changes nothing real.
+    np.testing.assert_allclose(batched, alone, atol=1e-5)
+    assert np.ptp(alone[:, 0]) > 1e-3, "rows must differ for the order check to mean anything"
+
+
+def _cli(bundle: Path, source: Path, out: Path, capsys) -> tuple[int, str]:
+    code = main(["predict", str(bundle), "--input", str(source), "--output", str(out)])
+    return code, capsys.readouterr().err
+
+
+def test_missing_text_column_exits_2_and_writes_nothing(
+    bundle_dir: Path, reviews: Path, tmp_path: Path, capsys
+) -> None:
+    source = tmp_path / "no_text.csv"
+    pd.read_csv(reviews).rename(columns={"review": "document"}).to_csv(source, index=False)
+    out = tmp_path / "pred.csv"
+    code, err = _cli(bundle_dir, source, out, capsys)
+    assert code == 2 and not out.exists()
+    assert "text column 'review'" in err and "document" in err and len(err.splitlines()) == 1
+
+
+def test_empty_input_file_exits_2(bundle_dir: Path, tmp_path: Path, capsys) -> None:
+    source = tmp_path / "empty.csv"
+    source.write_text("")
+    code, err = _cli(bundle_dir, source, tmp_path / "pred.csv", capsys)
+    assert code == 2 and "empty" in err and not (tmp_path / "pred.csv").exists()
+
+
+def test_labels_from_another_label_set_exit_2(
+    bundle_dir: Path, reviews: Path, tmp_path: Path, capsys
+) -> None:
+    frame = pd.read_csv(reviews, dtype={"label": str})
+    frame.loc[7, "label"] = "very good"
+    source = tmp_path / "other_labels.csv"
+    frame.to_csv(source, index=False)
+    code, err = _cli(bundle_dir, source, tmp_path / "pred.csv", capsys)
+    assert code == 2 and "'very good' at row 8" in err and "different label set" in err
+
+
+def test_unsupported_output_suffix_is_refused(bundle_dir: Path, reviews: Path, tmp_path) -> None:
+    with pytest.raises(BadInput, match="unsupported suffix"):
+        predict_file(bundle_dir, reviews, tmp_path / "pred.xlsx", progress=False)
+    assert list(tmp_path.iterdir()) == []

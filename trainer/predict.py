@@ -1,0 +1,240 @@
+"""Batched inference: one model's class probabilities, the ensemble's, and a predictions file.
+
+``predict_probs`` is the single inference path: ``final`` evaluates members with it and
+``predict`` serves the bundle with it, so a reloaded bundle reproduces the probabilities
+measured at training time exactly (same tokenisation, batching and dtype).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from trainer.bundle import Bundle, load_bundle, load_member
+from trainer.data import INT_LIKE, read_table
+from trainer.ensemble import apply_bias, average_probs
+from trainer.errors import BadInput
+
+WRITERS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".parquet": "parquet"}
+
+
+def progress_bar(enabled: bool = True) -> Progress:
+    """A rich progress display on stderr, so stdout stays clean for summaries."""
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    return Progress(
+        *columns, TimeElapsedColumn(), console=Console(stderr=True), disable=not enabled
+    )
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise BadInput("--device cuda: no CUDA device on this machine; use --device cpu or auto")
+    return torch.device(name)
+
+
+def predict_probs(
+    model: Any,
+    tokenizer: Any,
+    texts: Sequence[str],
+    *,
+    max_length: int,
+    batch_size: int = 64,
+    progress: Progress | None = None,
+    description: str = "predict",
+) -> np.ndarray:
+    """Softmax probabilities (float64, shape (len(texts), num_labels)) in input order."""
+    model.eval()  # dropout off; a model straight out of the Trainer is still in train mode
+    device = next(model.parameters()).device
+    # Texts of similar length share a batch, so little compute goes to padding.
+    order = np.argsort([len(text) for text in texts], kind="stable")
+    out = np.empty((len(texts), model.config.num_labels), dtype=np.float64)
+    task = None if progress is None else progress.add_task(description, total=len(texts))
+    with torch.inference_mode():
+        for start in range(0, len(texts), batch_size):
+            index = order[start : start + batch_size]
+            batch = tokenizer(
+                [texts[i] for i in index],
+                truncation=True,
+                max_length=max_length,
+                padding=True,
+                return_tensors="pt",
+            )
+            # Softmax in float64, so each row sums to 1 to ~1e-16 in the written file.
+            logits = model(**batch.to(device)).logits.double()
+            out[index] = torch.softmax(logits, dim=-1).cpu().numpy()
+            if task is not None:
+                progress.advance(task, len(index))
+    return out
+
+
+def combine(
+    member_probs: Sequence[np.ndarray], weights: Sequence[float], bias: Sequence[float] | None
+) -> np.ndarray:
+    """The ensemble's probabilities: weighted mean of members, then the prior bias if any."""
+    mixed = average_probs(member_probs, weights)
+    return mixed if bias is None else apply_bias(mixed, np.asarray(bias))
+
+
+def bundle_probs(
+    bundle: Bundle,
+    texts: Sequence[str],
+    *,
+    batch_size: int = 64,
+    device: torch.device | None = None,
+    progress: Progress | None = None,
+) -> np.ndarray:
+    """Ensemble probabilities of ``texts``; one member in memory at a time."""
+    device = device or pick_device()
+    member_probs = []
+    for i, entry in enumerate(bundle.members):
+        model, tokenizer = load_member(bundle, entry, device)
+        description = f"member {i + 1}/{len(bundle.members)}"
+        member_probs.append(
+            predict_probs(
+                model,
+                tokenizer,
+                texts,
+                max_length=bundle.max_length,
+                batch_size=batch_size,
+                progress=progress,
+                description=description,
+            )
+        )
+        del model
+        gc.collect()
+    return combine(member_probs, bundle.weights, bundle.bias)
+
+
+def input_texts(frame: pd.DataFrame, column: str, source: str) -> list[str]:
+    if column not in frame.columns:
+        raise BadInput(
+            f"text column {column!r} (the bundle's data.text_column) not found in {source}; "
+            f"its columns are {[str(c) for c in frame.columns]}; rename the text column to "
+            f"{column!r}"
+        )
+    values = frame[column]
+    empty = values.isna().to_numpy() | values.astype(str).str.strip().eq("").to_numpy()
+    if empty.any():
+        rows = ", ".join(str(r + 1) for r in np.flatnonzero(empty)[:3])
+        raise BadInput(
+            f"empty text at row(s) {rows} of {source} (column {column!r}); "
+            "fill in or remove those rows"
+        )
+    return [str(value) for value in values]
+
+
+def check_label_set(frame: pd.DataFrame, bundle: Bundle, source: str) -> None:
+    """An input label column must use the bundle's labels (names, or ids 0..K-1)."""
+    column = bundle.label_column
+    if column not in frame.columns:
+        return
+    known = set(bundle.label_names)
+    for row, value in enumerate(frame[column]):
+        if pd.isna(value):
+            continue
+        text = str(value).strip()
+        if text.endswith(".0") and INT_LIKE.match(text[:-2]):
+            text = text[:-2]
+        is_id = INT_LIKE.match(text) and 0 <= int(text) < len(bundle.label_names)
+        if text not in known and not is_id:
+            raise BadInput(
+                f"label {text!r} at row {row + 1} of {source} (column {column!r}) is not one "
+                f"of the bundle's labels {bundle.label_names}: the bundle was trained on a "
+                "different label set; use a bundle trained on these labels"
+            )
+
+
+def output_frame(frame: pd.DataFrame, probs: np.ndarray, bundle: Bundle) -> pd.DataFrame:
+    """id column (if any), predicted label id and name, one ``prob_<name>`` column per class."""
+    out = pd.DataFrame(index=range(len(frame)))
+    for id_column in (bundle.id_column, "id"):
+        if id_column and id_column in frame.columns:
+            out[id_column] = frame[id_column].to_numpy()
+            break
+    labels = probs.argmax(axis=1)
+    out["label"] = labels
+    out["label_name"] = [bundle.label_names[i] for i in labels]
+    for k, name in enumerate(bundle.label_names):
+        out[f"prob_{name}"] = probs[:, k]
+    return out
+
+
+def output_kind(path: Path) -> tuple[str, bool]:
+    """The output format from the file name, and whether it is gzipped."""
+    name = path.name.lower()
+    gz = name.endswith(".gz")
+    kind = WRITERS.get(Path(name.removesuffix(".gz")).suffix)
+    if kind is None or (gz and kind == "parquet"):
+        raise BadInput(
+            f"--output {path}: unsupported suffix; use .csv, .tsv, .jsonl (each optionally .gz) "
+            "or .parquet"
+        )
+    return kind, gz
+
+
+def write_frame_atomic(frame: pd.DataFrame, path: Path) -> Path:
+    """Write csv/tsv/jsonl/parquet (.gz for text formats) to a temp file, then rename."""
+    kind, gz = output_kind(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    compression = "gzip" if gz else None
+    try:
+        if kind == "parquet":
+            frame.to_parquet(tmp, index=False)
+        elif kind == "jsonl":
+            frame.to_json(
+                tmp,
+                orient="records",
+                lines=True,
+                force_ascii=False,
+                double_precision=15,
+                compression=compression,
+            )  # double_precision: pandas' default keeps only 10 digits
+        else:
+            sep = "," if kind == "csv" else "\t"
+            frame.to_csv(tmp, sep=sep, index=False, compression=compression)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def predict_file(
+    bundle_dir: str | Path,
+    input_path: str | Path,
+    output_path: str | Path,
+    *,
+    batch_size: int = 64,
+    device: str = "auto",
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Predict every row of ``input_path`` with the bundle; write and return the predictions."""
+    if batch_size < 1:
+        raise BadInput(f"--batch-size {batch_size} must be at least 1")
+    output_kind(Path(output_path))  # a bad name fails now, not after the predictions
+    bundle = load_bundle(bundle_dir)
+    torch_device = pick_device(device)
+    frame = read_table(input_path, what="--input")
+    texts = input_texts(frame, bundle.text_column, str(input_path))
+    check_label_set(frame, bundle, str(input_path))
+    with progress_bar(progress) as bar:
+        probs = bundle_probs(
+            bundle, texts, batch_size=batch_size, device=torch_device, progress=bar
+        )
+    out = output_frame(frame, probs, bundle)
+    write_frame_atomic(out, Path(output_path))
+    return out
