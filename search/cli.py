@@ -13,58 +13,57 @@ import logging
 import sys
 from collections.abc import Sequence
 
+import optuna
+
 from storage.errors import BadStorage
 from storage.secrets import install_secret_filter, mask_secrets
 from trainer.errors import BadInput
 
-COMMANDS = (
-    "search.commands.study",
-    "search.commands.train",
-    "search.commands.worker",
-    "search.commands.launch",
-    "search.commands.status",
-    "search.commands.export",
-    "search.commands.final",
-    "search.commands.predict",
-    "search.commands.backbone",
-    "search.commands.dashboard",
-)
+# command name -> module; only the module of the command being run is imported, so a
+# light command (status, export) does not pay for importing torch and transformers.
+COMMANDS = {
+    "study": "search.commands.study",
+    "train": "search.commands.train",
+    "worker": "search.commands.worker",
+    "launch": "search.commands.launch",
+    "status": "search.commands.status",
+    "export": "search.commands.export",
+    "final": "search.commands.final",
+    "predict": "search.commands.predict",
+    "backbone": "search.commands.backbone",
+    "dashboard": "search.commands.dashboard",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="focaltune",
         description="Hyperparameter search for focal-loss text classifiers, built on Optuna.",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMANDS:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as err:
-            if err.name != name:
-                raise
-            continue  # command not built yet
-        module.register(subparsers)
+    chosen = [name for name in argv if name in COMMANDS][:1] or list(COMMANDS)
+    for name in chosen:
+        importlib.import_module(COMMANDS[name]).register(subparsers)
     return parser
 
 
-def configure_logging() -> None:
-    """Progress (INFO) to stdout, problems (WARNING and up) to stderr, so that a failed
-    command's stderr is just its one-line error."""
-    fmt = logging.Formatter("%(levelname)s %(name)s: %(message)s")
-    out = logging.StreamHandler(sys.stdout)
-    out.addFilter(lambda record: record.levelno < logging.WARNING)
-    err = logging.StreamHandler(sys.stderr)
-    err.setLevel(logging.WARNING)
-    for handler in (out, err):
-        handler.setFormatter(fmt)
-    logging.basicConfig(level=logging.INFO, handlers=[out, err], force=True)
+def configure_logging(verbose: bool) -> None:
+    """Logs go to stderr, warnings only unless --verbose: stdout stays clean for --json,
+    and a failed command's stderr is just its one-line error."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        force=True,
+    )
+    optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    configure_logging()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(argv).parse_args(argv)
+    configure_logging(args.verbose)
     install_secret_filter()
     try:
         return int(args.func(args) or 0)

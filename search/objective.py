@@ -15,13 +15,15 @@ import optuna
 import torch
 
 from search.config import StudyConfig
+from search.reporting import ReportingError
 from search.space import suggest
 from trainer.callbacks import EvalRecord
 from trainer.data import Splits
+from trainer.progress import ProgressBar
 from trainer.train import NonFiniteLoss, train_model
 
 # Errors that end one trial (recorded as FAIL with a reason) while the worker goes on.
-TRIAL_ERRORS: tuple[type[Exception], ...] = (torch.OutOfMemoryError, NonFiniteLoss)
+TRIAL_ERRORS: tuple[type[Exception], ...] = (torch.OutOfMemoryError, NonFiniteLoss, ReportingError)
 
 ATTR_KEYS = ("accuracy", "macro_f1", "recall", "nll", "pred_distribution", "pred_tv_distance")
 
@@ -59,7 +61,8 @@ def make_objective(
 
         result = None
         try:
-            result = train_model(cfg, on_evaluate=report, splits=splits)
+            bar = ProgressBar(f"trial {trial.number}")
+            result = train_model(cfg, on_evaluate=report, splits=splits, callbacks=[bar])
             trial.set_user_attr("end_reason", "completed")
             trial.set_user_attr("train_seconds", round(result.train_seconds, 2))
             trial.set_user_attr(

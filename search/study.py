@@ -37,7 +37,15 @@ def resolve_config(cfg: StudyConfig) -> StudyConfig:
     if Path(model.name_or_path).is_dir():
         model.name_or_path = str(Path(model.name_or_path).resolve())
     study = cfg.study.model_copy(update={"storage": None})
-    return cfg.model_copy(update={"data": data, "model": model, "study": study})
+    tracking = cfg.tracking.model_copy(deep=True)
+    # Folders are made absolute so every worker writes to the same place, whatever its CWD.
+    if tracking.artifacts:
+        tracking.artifacts = str(Path(tracking.artifacts).resolve())
+    if tracking.wandb.dir:
+        tracking.wandb.dir = str(Path(tracking.wandb.dir).resolve())
+    return cfg.model_copy(
+        update={"data": data, "model": model, "study": study, "tracking": tracking}
+    )
 
 
 def stored_config(study: optuna.Study) -> StudyConfig:

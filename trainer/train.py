@@ -16,8 +16,6 @@ from typing import Any
 
 import torch
 from transformers import (
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
     DataCollatorWithPadding,
     PrinterCallback,
     Trainer,
@@ -27,8 +25,8 @@ from transformers import (
 from trainer.callbacks import EvalHook, EvalRecord, EvalRecorder, EvalSchedule, eval_points
 from trainer.config import TrainConfig
 from trainer.data import Splits, load_splits
-from trainer.errors import BadInput
 from trainer.focal import focal_loss, normalise_alpha
+from trainer.loading import load_backbone
 from trainer.metrics import classification_metrics
 from trainer.tokens import encode_cached
 
@@ -100,22 +98,6 @@ class FocalLossFunc:
         return loss
 
 
-def load_backbone(name_or_path: str, num_labels: int) -> tuple[Any, Any]:
-    """Tokenizer and a float32 classifier from a local folder or a Hub name."""
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            name_or_path, num_labels=num_labels, dtype=torch.float32
-        )
-    except (OSError, ValueError) as err:
-        raise BadInput(
-            f"model.name_or_path {name_or_path!r} could not be loaded "
-            f"({str(err).splitlines()[0][:120]}); give a local backbone folder "
-            "(focaltune backbone build) or a Hub model name reachable from this machine"
-        ) from None
-    return tokenizer, model
-
-
 def use_bf16(setting: str) -> bool:
     if setting == "off" or not torch.cuda.is_available():
         return setting == "on" and torch.cuda.is_available()
@@ -173,7 +155,7 @@ def train_model(
     """Fine-tune ``cfg.model`` on ``cfg.data`` with the focal loss; evaluate on schedule."""
     splits = splits or load_splits(cfg.data)
     alpha = normalise_alpha(cfg.params.focal_alpha, splits.num_labels)
-    tokenizer, model = load_backbone(cfg.model.name_or_path, splits.num_labels)
+    tokenizer, model = load_backbone(cfg.model.name_or_path, splits.num_labels, cfg.train.seed)
     train_set, eval_set = _encode(splits, tokenizer, cfg)
 
     last_metrics: dict[str, Any] = {}
@@ -226,6 +208,3 @@ def summarise(result: TrainResult) -> str:
         f"(epoch {result.best.epoch:.2f}); curve {accs}; "
         f"{result.train_samples_per_second:.1f} train samples/s on {result.device}"
     )
-
-
-__all__ = ["NonFiniteLoss", "TrainResult", "load_backbone", "summarise", "train_model"]

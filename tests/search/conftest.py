@@ -29,6 +29,7 @@ def write_config(tmp_path: Path, nsmc_csv, tiny_backbone):
             "model": {"name_or_path": str(tiny_backbone)},
             "train": {"batch_size": 32, "evals_per_epoch": 2},
             "space": {"learning_rate": [5.0e-4, 5.0e-3], "epochs": [1, 2]},
+            "tracking": {"artifacts": str(tmp_path / "artifacts")},
         }
         if storage:
             raw["study"]["storage"] = storage
