@@ -42,6 +42,14 @@ search: install runs/backbone/config.json
 	$(BIN)/focaltune export --storage $(DB) --study $(DEMO) --out runs/final.yaml
 	@echo "exported config: runs/final.yaml"
 
+# Benchmark of issue 6 (not a test): seed-style loop vs focaltune, overheads. ~10 min.
+bench: install
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/bench.py --out runs/bench.json
+
+# Fault soak (not in `make test`, run by CI): 4 workers, random kill -9, PostgreSQL.
+soak: install
+	$(BIN)/python benchmarks/soak.py
+
 clean:
 	rm -rf $(VENV) runs .pytest_cache
 

@@ -46,8 +46,9 @@ class WorkerSummary:
 
 def open_study(url: str, name: str, worker_index: int) -> tuple[optuna.Study, StudyConfig]:
     """Load the study with a heartbeat storage set up from the study's own config."""
-    plain = optuna.load_study(study_name=name, storage=open_storage(url, heartbeat_interval=None))
-    cfg = stored_config(plain)
+    reader = open_storage(url, heartbeat_interval=None)
+    cfg = stored_config(optuna.load_study(study_name=name, storage=reader))
+    reader.engine.dispose()  # one pool per worker: the heartbeat storage below
     s = cfg.study
     storage = open_storage(
         url,
