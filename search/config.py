@@ -20,7 +20,14 @@ from pydantic import (
     model_validator,
 )
 
-from trainer.config import DataConfig, Hyperparams, ModelConfig, Strict, TrainSettings
+from trainer.config import (
+    DataConfig,
+    Hyperparams,
+    ModelConfig,
+    Strict,
+    TrainSettings,
+    WandbConfig,
+)
 from trainer.errors import BadInput
 
 SCHEMA_VERSION = 1
@@ -112,13 +119,6 @@ class SpaceConfig(Strict):
         if problems:
             raise ValueError("; ".join(problems))
         return self
-
-
-class WandbConfig(Strict):
-    enabled: bool = False
-    project: str = "focaltune"
-    mode: Literal["offline", "online", "disabled"] = "offline"
-    dir: str | None = None
 
 
 class TrackingConfig(Strict):

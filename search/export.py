@@ -68,6 +68,7 @@ def export_final(
         data=cfg.data,
         train=cfg.train,
         members=members,
+        wandb=cfg.tracking.wandb,
         provenance={
             "study": study.study_name,
             "trials": [t.number for t in chosen],

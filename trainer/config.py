@@ -79,6 +79,13 @@ class TrainConfig(Strict):
     params: Hyperparams = Hyperparams()
 
 
+class WandbConfig(Strict):
+    enabled: bool = False
+    project: str = "focaltune"
+    mode: Literal["offline", "online", "disabled"] = "offline"
+    dir: str | None = None
+
+
 class MemberConfig(Strict):
     """One member of the final ensemble: a backbone, its hyperparameters and its own seed."""
 
@@ -110,4 +117,5 @@ class FinalConfig(Strict):
     swa: SwaConfig = SwaConfig()
     ensemble: EnsembleConfig = EnsembleConfig()
     full_data: bool = Field(False, description="retrain each member on train + validation")
+    wandb: WandbConfig = Field(WandbConfig(), description="log members and report to W&B")
     provenance: dict[str, str | int | list[int]] = Field(default_factory=dict)

@@ -63,4 +63,46 @@ def run(args: argparse.Namespace) -> int:
         line += f", test {served['test']['accuracy']:.4f}"
     print(line)
     print(f"bundle: {args.out} (report: {Path(args.out) / 'report.md'})")
+    if final.wandb.enabled:
+        log_final(final, report, Path(args.out))
     return 0
+
+
+def _scalars(prefix: str, values: dict) -> dict[str, float]:
+    """Flatten the report's nested metrics to W&B summary keys (numbers only)."""
+    flat: dict[str, float] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_scalars(f"{prefix}{key}/", value))
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def log_final(final: FinalConfig, report: dict, bundle: Path) -> None:
+    """One W&B run per member and one for the ensemble, grouped by the source study."""
+    from search.tracking import log_run
+
+    group = str(final.provenance.get("study", "final"))
+    folder = Path(final.wandb.dir) if final.wandb.dir else bundle.parent / "wandb"
+    for member, entry in zip(final.members, report["members"], strict=True):
+        log_run(
+            final.wandb,
+            folder,
+            group=group,
+            name=f"final-{entry['name']}",
+            config={**member.params.model_dump(), "seed": member.seed, "model": member.model},
+            rows=[],
+            summary=_scalars("", entry),
+            job_type="final-member",
+        )
+    log_run(
+        final.wandb,
+        folder,
+        group=group,
+        name="final-ensemble",
+        config=final.provenance,
+        rows=[],
+        summary=_scalars("", report["ensemble"]),
+        job_type="final-ensemble",
+    )
