@@ -57,6 +57,15 @@ class StudySection(Strict):
     grace_period: PositiveInt = 60
     max_retry: int = Field(3, ge=0, description="retries of a trial whose worker died")
 
+    @model_validator(mode="after")
+    def _heartbeat_below_grace(self) -> StudySection:
+        if self.heartbeat_interval >= self.grace_period:
+            raise ValueError(
+                f"heartbeat_interval {self.heartbeat_interval} must be below grace_period "
+                f"{self.grace_period}, or live trials are failed as stale"
+            )
+        return self
+
 
 class FloatRange(Strict):
     low: NonNegativeFloat

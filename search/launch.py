@@ -66,7 +66,7 @@ def relay(proc: subprocess.Popen, index: int, console: Console, verbose: bool) -
     for line in proc.stdout:
         line = line.rstrip()
         if verbose or line.startswith(("trial ", "worker ")) or "error" in line.lower():
-            console.print(f"[dim]w{index}[/] {line}", highlight=False, markup=False)
+            console.print(f"w{index} {line}", highlight=False, markup=False)
 
 
 def best_text(study: optuna.Study) -> str:

@@ -15,7 +15,7 @@ import optuna
 
 from search.config import SCHEMA_VERSION, StudyConfig, parse_study_config
 from search.space import hyperparams_to_params
-from storage import describe, open_storage
+from storage import describe, open_storage, sqlite_path
 from trainer.data import load_splits
 from trainer.errors import BadInput
 
@@ -33,9 +33,13 @@ def resolve_config(cfg: StudyConfig) -> StudyConfig:
             setattr(data, key, str(Path(value).resolve()))
     splits = load_splits(data)
     data.labels = splits.label_names
+    check_alphas(cfg, len(data.labels))
     model = cfg.model.model_copy()
     if Path(model.name_or_path).is_dir():
         model.name_or_path = str(Path(model.name_or_path).resolve())
+    check_backbone(model.name_or_path, "model.name_or_path")
+    for name in cfg.space.backbones or []:
+        check_backbone(name, "space.backbones")
     study = cfg.study.model_copy(update={"storage": None})
     tracking = cfg.tracking.model_copy(deep=True)
     # Folders are made absolute so every worker writes to the same place, whatever its CWD.
@@ -46,6 +50,28 @@ def resolve_config(cfg: StudyConfig) -> StudyConfig:
     return cfg.model_copy(
         update={"data": data, "model": model, "study": study, "tracking": tracking}
     )
+
+
+def check_alphas(cfg: StudyConfig, num_labels: int) -> None:
+    for i, entry in enumerate(cfg.study.enqueue):
+        if entry.focal_alpha is not None and len(entry.focal_alpha) != num_labels:
+            raise BadInput(
+                f"study.enqueue[{i}].focal_alpha has {len(entry.focal_alpha)} values but the "
+                f"data has {num_labels} classes; give one weight per class"
+            )
+
+
+def check_backbone(name: str, key: str) -> None:
+    """A backbone the workers could not load is refused now, not by every worker later."""
+    from transformers import AutoConfig  # heavy: only when creating a study
+
+    try:
+        AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as err:
+        raise BadInput(
+            f"{key} {name!r} cannot be loaded ({str(err).splitlines()[0][:100]}); give a "
+            "backbone folder (focaltune backbone build) or a Hub name reachable from here"
+        ) from None
 
 
 def stored_config(study: optuna.Study) -> StudyConfig:
@@ -69,9 +95,15 @@ def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> 
     return diffs
 
 
-def create_study(cfg: StudyConfig, storage: optuna.storages.BaseStorage) -> optuna.Study:
-    """Create the study with its config, or return it when it exists with the same config."""
+def create_study(cfg: StudyConfig, storage: optuna.storages.BaseStorage | str) -> optuna.Study:
+    """Create the study with its config, or return it when it exists with the same config.
+
+    ``storage`` may be a URL: it is then opened only after the config and data are checked,
+    so bad input leaves no database file behind.
+    """
     resolved = resolve_config(cfg)
+    if isinstance(storage, str):
+        storage = open_storage(storage, heartbeat_interval=None)
     wanted = resolved.model_dump(mode="json")
     name = cfg.study.name
     if name in optuna.get_all_study_names(storage):
@@ -127,7 +159,16 @@ def make_pruner(cfg: StudyConfig) -> optuna.pruners.BasePruner:
 
 
 def load_existing(url: str, name: str) -> optuna.Study:
-    """Load a study for reading; a missing one is bad input (lists the ones that exist)."""
+    """Load a study for reading; a missing one is bad input (lists the ones that exist).
+
+    A SQLite file that does not exist is reported, not created empty.
+    """
+    path = sqlite_path(url)
+    if path is not None and not path.exists():
+        raise BadInput(
+            f"no database at {path}; check --storage / FOCALTUNE_STORAGE or create the "
+            "study first with `focaltune study create`"
+        )
     storage = open_storage(url, heartbeat_interval=None)
     names = optuna.get_all_study_names(storage)
     if name not in names:

@@ -22,7 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 from search.config import StudyConfig
 from search.objective import TRIAL_ERRORS, make_objective
 from search.reporting import make_trial_reporter
-from search.study import make_pruner, make_sampler, stored_config
+from search.study import load_existing, make_pruner, make_sampler, stored_config
 from storage import open_storage
 from trainer.data import load_splits
 
@@ -46,9 +46,10 @@ class WorkerSummary:
 
 def open_study(url: str, name: str, worker_index: int) -> tuple[optuna.Study, StudyConfig]:
     """Load the study with a heartbeat storage set up from the study's own config."""
-    reader = open_storage(url, heartbeat_interval=None)
-    cfg = stored_config(optuna.load_study(study_name=name, storage=reader))
-    reader.engine.dispose()  # one pool per worker: the heartbeat storage below
+    reader = load_existing(url, name)
+    cfg = stored_config(reader)
+    # One pool per worker (the heartbeat storage below): close the reader's connections.
+    getattr(reader._storage, "_backend", reader._storage).engine.dispose()
     s = cfg.study
     storage = open_storage(
         url,

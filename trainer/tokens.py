@@ -27,6 +27,8 @@ from datasets.utils import (
     enable_progress_bars,
 )
 
+CHARS_PER_TOKEN = 32  # generous: no real text needs more characters per kept token
+
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = b"focaltune-tokens-1"  # bump when the stored layout changes
@@ -113,7 +115,10 @@ def _encode(
 ) -> pa.Table:
     chunks = []
     for begin in range(0, len(texts), CHUNK):
-        batch = [str(text) for text in texts[begin : begin + CHUNK]]
+        # Truncation happens after tokenising the whole text: cut absurdly long texts
+        # first (a token covers at least one character, whitespace aside).
+        limit = max_length * CHARS_PER_TOKEN
+        batch = [str(text)[:limit] for text in texts[begin : begin + CHUNK]]
         encoded = tokenizer(
             batch, truncation=True, max_length=max_length, return_attention_mask=True
         )

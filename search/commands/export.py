@@ -8,6 +8,7 @@ from search.commands.common import add_storage_args, storage_url
 from search.export import export_final, to_yaml
 from search.files import write_text_atomic
 from search.study import load_existing, stored_config
+from trainer.errors import BadInput
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,6 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.top_k < 1:
+        raise BadInput(f"--top-k {args.top_k}: the ensemble needs at least 1 member; use 1 or more")
     study = load_existing(storage_url(args), args.study)
     final = export_final(
         study, stored_config(study), top_k=args.top_k, per_backbone=args.per_backbone

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_study_config(args.config)
     url = storage_url(args, cfg.study.storage)
     warn_if_sqlite_crowded(url, args.workers)
-    study = create_study(cfg, open_storage(url, heartbeat_interval=None))
+    study = create_study(cfg, url)
     result = launch(url, study, cfg.study.n_trials, args.workers, verbose=args.verbose)
     study = optuna.load_study(
         study_name=study.study_name, storage=open_storage(url, heartbeat_interval=None)

@@ -7,7 +7,7 @@ import argparse
 from search.commands.common import storage_url
 from search.config import load_study_config
 from search.study import create_study
-from storage import describe, open_storage
+from storage import describe
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,6 +30,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_create(args: argparse.Namespace) -> int:
     cfg = load_study_config(args.config)
     url = storage_url(args, cfg.study.storage)
-    study = create_study(cfg, open_storage(url, heartbeat_interval=None))
+    study = create_study(cfg, url)
     print(f"study {study.study_name} ready in {describe(url)} ({len(study.trials)} trials)")
     return 0
