@@ -1,0 +1,1 @@
+"""`make bench`: the seed-style search against focaltune, Trainer and orchestration overheads."""

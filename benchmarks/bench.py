@@ -1,0 +1,236 @@
+"""`make bench`: the seed's way of working against focaltune, and where the time goes.
+
+One invocation, one machine, one data slice, model size, search space and trial count:
+
+1. search: (a) the seed-style loop against (b) ``focaltune worker`` on a SQLite study;
+2. Trainer overhead: ``train_model``'s Trainer path against a bare PyTorch loop;
+3. orchestration: storage + sampler seconds per trial on a 1,000-trial study (SQLite,
+   PostgreSQL) as a fraction of a typical trial of (b);
+4. ``--gpu``: BERT-base-size bf16 throughput and MFU (only where CUDA exists).
+
+Prints one table and writes every figure to ``--out`` (JSON). See benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `python benchmarks/bench.py` puts only benchmarks/ on the path
+    sys.path.insert(0, str(ROOT))
+# Before transformers is imported (it reads these once): no Hub, no tokenizer thread pools.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from benchmarks.report import print_table, targets  # noqa: E402
+from benchmarks.workload import (  # noqa: E402
+    NSMC4,
+    Sizes,
+    describe,
+    ensure_backbone,
+    machine,
+    study_config,
+    write_json,
+    write_slices,
+)
+
+SIZE_FLAGS = (  # --flag and its help; each sets the Sizes field of the same name
+    ("trials", "trials per search (both loops)"),
+    ("train-rows", "training rows"),
+    ("eval-rows", "evaluation rows"),
+    ("hidden", "backbone width"),
+    ("layers", "backbone layers"),
+    ("vocab-size", "backbone tokenizer vocabulary"),
+    ("max-length", "tokens per text at most"),
+    ("epochs-max", "search space epochs: [1, this]"),
+    ("batch-size", "training batch size"),
+    ("evals-per-epoch", "evaluations per epoch (focaltune; the seed-style loop: 1)"),
+    ("workers", "focaltune worker processes (threads split between them)"),
+    ("seed", "sampler, data and training seed"),
+)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, default=Path("runs/bench.json"), help="JSON results")
+    p.add_argument("--work", type=Path, default=Path("runs/bench-work"), help="scratch + caches")
+    p.add_argument("--data", type=Path, default=NSMC4, help="folder with nsmc4 train.csv.gz")
+    for flag, what in SIZE_FLAGS:
+        default = getattr(Sizes(), flag.replace("-", "_"))
+        p.add_argument(f"--{flag}", type=int, default=default, help=f"{what} ({default})")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
+    p.add_argument("--seed-loader-workers", type=int, default=0, help="seed-style DataLoader")
+    p.add_argument("--overhead-repeats", type=int, default=3, help="part 2 runs per path")
+    p.add_argument("--overhead-epochs", type=int, default=1, help="part 2 epochs per run")
+    p.add_argument("--orch-filled", type=int, default=1000, help="part 3 trials in the study")
+    p.add_argument("--orch-trials", type=int, default=10, help="part 3 trials timed")
+    p.add_argument("--trial-seconds", type=float, default=None, help="part 3 without part 1b")
+    for part in ("seed", "focaltune", "overhead", "orchestration"):
+        p.add_argument(f"--skip-{part}", action="store_true", help=f"do not run {part}")
+    p.add_argument("--gpu", action="store_true", help="part 4 (needs CUDA)")
+    p.add_argument("--gpu-rows", type=int, default=16384, help="part 4 training texts")
+    p.add_argument("--gpu-batch", type=int, default=64, help="part 4 batch size")
+    p.add_argument("--peak-tflops", type=float, default=None, help="part 4 peak bf16 TFLOP/s")
+    return p.parse_args(argv)
+
+
+def sizes_from(args: argparse.Namespace) -> Sizes:
+    names = Sizes.__dataclass_fields__
+    values = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    return Sizes(**values)
+
+
+def default_threads() -> int:
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        return int(os.environ["OMP_NUM_THREADS"])
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def run_search(args: argparse.Namespace, sizes: Sizes, base: Any, paths: dict) -> dict:
+    from benchmarks.focaltune_search import run_focaltune
+    from benchmarks.seed_style import run_seed_style
+    from search.study import resolve_config
+
+    out: dict[str, Any] = {}
+    if not args.skip_seed:
+        print(f"[1a] seed-style search: {sizes.trials} trials ...", flush=True)
+        work = paths["work"] / "seed-style"
+        a = run_seed_style(resolve_config(base), work, loader_workers=args.seed_loader_workers)
+        out["seed_style"] = a.to_json()
+    if not args.skip_focaltune:
+        print(f"[1b] focaltune search: {sizes.workers} worker(s) ...", flush=True)
+        work = paths["work"] / "focaltune"
+        cold = base.model_copy(deep=True)
+        cold.data.cache_dir = str(work / "token-cache")  # inside the fresh folder: starts cold
+        b = run_focaltune(
+            cold, work, train_rows=sizes.train_rows, workers=sizes.workers, threads=sizes.threads
+        )
+        out["focaltune"] = b.to_json()
+    if "seed_style" in out and "focaltune" in out:
+        out["ratio"] = ratios(out["seed_style"], out["focaltune"])
+    return out
+
+
+def ratios(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    gap = None
+    if a["best_accuracy"] is not None and b["best_accuracy"] is not None:
+        gap = round(100 * (b["best_accuracy"] - a["best_accuracy"]), 2)
+    return {
+        "wall_seconds_a_over_b": round(a["wall_seconds"] / b["wall_seconds"], 2),
+        "train_samples_per_second_b_over_a": round(
+            b["train_samples_per_second"] / a["train_samples_per_second"], 2
+        ),
+        "best_accuracy_b_minus_a_points": gap,
+    }
+
+
+def run_overhead(args: argparse.Namespace, base: Any) -> dict[str, Any]:
+    from benchmarks.bare_loop import run_overhead as measure
+    from benchmarks.evaluation import run_evaluation
+    from search.study import resolve_config
+    from trainer.config import TrainConfig
+    from trainer.data import load_splits
+
+    print("[2] Trainer path vs bare loop ...", flush=True)
+    cfg = resolve_config(base)
+    train = TrainConfig(data=cfg.data, model=cfg.model, train=cfg.train)
+    splits = load_splits(train.data)
+    result = measure(train, splits, repeats=args.overhead_repeats, epochs=args.overhead_epochs)
+    print("[2] evaluation: as set up vs length-sorted in order ...", flush=True)
+    return result | {"evaluation": run_evaluation(train, splits, repeats=args.overhead_repeats)}
+
+
+def run_orchestration(args: argparse.Namespace, base: Any, results: dict, work: Path) -> dict:
+    from benchmarks.orchestration import run_orchestration as measure
+    from search.study import resolve_config
+
+    typical = results.get("search", {}).get("focaltune", {}).get("mean_trial_seconds")
+    source = "part 1b mean trial seconds"
+    if typical is None:
+        typical, source = args.trial_seconds or 20.0, "--trial-seconds (no part 1b)"
+    print(f"[3] orchestration on {args.orch_filled} trials (SQLite, PostgreSQL) ...", flush=True)
+    kw = {"filled": args.orch_filled, "trials": args.orch_trials, "trial_seconds": typical}
+    return {"trial_seconds": typical, "trial_seconds_from": source} | measure(
+        resolve_config(base), work, **kw
+    )
+
+
+@contextmanager
+def timed(seconds: dict[str, float], part: str) -> Iterator[None]:
+    started = time.perf_counter()
+    yield
+    seconds[part] = round(time.perf_counter() - started, 1)
+
+
+def quiet_libraries(threads: int) -> None:
+    """Warnings and progress bars off (the seed-style loop loads a model per trial)."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    # The worker loop's calls, replayed outside Study.optimize in part 3, warn each time.
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+    import datasets
+    import optuna
+    import torch
+    import transformers
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    torch.set_num_threads(threads)
+
+
+def run_parts(args: argparse.Namespace, sizes: Sizes, base: Any, work: Path) -> dict[str, Any]:
+    results: dict[str, Any] = {"settings": describe(sizes), "machine": machine()}
+    seconds: dict[str, float] = {}
+    with timed(seconds, "search"):
+        results["search"] = run_search(args, sizes, base, {"work": work})
+    if not args.skip_overhead:
+        with timed(seconds, "trainer_overhead"):
+            results["trainer_overhead"] = run_overhead(args, base)
+    if not args.skip_orchestration:
+        with timed(seconds, "orchestration"):
+            results["orchestration"] = run_orchestration(
+                args, base, results, work / "orchestration"
+            )
+    if args.gpu:
+        from benchmarks.gpu import run_gpu
+
+        print("[4] GPU throughput and MFU ...", flush=True)
+        kw = {"rows": args.gpu_rows, "batch": args.gpu_batch, "peak": args.peak_tflops}
+        with timed(seconds, "gpu"):
+            results["gpu"] = run_gpu(args.data, work / "gpu", **kw)
+    return results | {"part_seconds": seconds}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.threads = args.threads or default_threads()
+    sizes = sizes_from(args)
+    quiet_libraries(args.threads)
+    work = args.work.resolve()
+    train_csv, eval_csv = write_slices(args.data, work, sizes)
+    backbone = ensure_backbone(train_csv, work, sizes)  # built once per size, not timed
+    base = study_config(sizes, train_csv, eval_csv, backbone, work / "token-cache")
+    started = time.perf_counter()
+    results = run_parts(args, sizes, base, work)
+    results["targets"] = targets(results)
+    results["bench_seconds"] = round(time.perf_counter() - started, 1)
+    print_table(results)
+    write_json(args.out, results)
+    print(f"results written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

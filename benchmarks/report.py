@@ -1,0 +1,123 @@
+"""The issue's targets checked against the results, and the one table bench.py prints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+Row = tuple[str, str, str, str, str]  # part, measure, a, b, ratio
+
+
+def _target(name: str, measured: float | None, goal: float, *, at_most: bool = False) -> dict:
+    met = None if measured is None else (measured <= goal if at_most else measured >= goal)
+    return {"target": name, "measured": measured, "goal": goal, "met": met}
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target of issue 6 that this run measured: the figure, the goal, met or not."""
+    found = []
+    ratio = results.get("search", {}).get("ratio")
+    if ratio:
+        found.append(_target("(a)/(b) wall-time ratio >= 4", ratio["wall_seconds_a_over_b"], 4))
+        gap = ratio["best_accuracy_b_minus_a_points"]
+        found.append(_target("best accuracy (b) - (a) >= -0.5 pt", gap, -0.5))
+    if "trainer_overhead" in results:
+        measured = results["trainer_overhead"]["trainer_over_bare"]
+        found.append(_target("Trainer path >= 0.9 x bare loop samples/s", measured, 0.9))
+    for db, figures in results.get("orchestration", {}).items():
+        if isinstance(figures, dict) and "fraction_of_trial" in figures:
+            share = round(figures["fraction_of_trial"], 5)
+            found.append(
+                _target(f"orchestration <= 1% of a trial ({db})", share, 0.01, at_most=True)
+            )
+    if "gpu" in results:
+        found.append(_target("GPU MFU in bf16 >= 40%", results["gpu"]["trainer_mfu"], 0.4))
+    return found
+
+
+def _fmt(value: Any, digits: int = 1, suffix: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}{suffix}"
+    return f"{value}{suffix}"
+
+
+def _search_rows(search: dict[str, Any]) -> list[Row]:
+    a, b, r = search.get("seed_style", {}), search.get("focaltune", {}), search.get("ratio", {})
+
+    def row(measure: str, key: str, digits: int = 1, ratio: str = "") -> Row:
+        return ("1 search", measure, _fmt(a.get(key), digits), _fmt(b.get(key), digits), ratio)
+
+    states = [f"{s['trials_complete']}/{s['trials_pruned']}" if s else "-" for s in (a, b)]
+    return [
+        row("wall seconds (a seed-style, b focaltune)", "wall_seconds",
+            ratio=_fmt(r.get("wall_seconds_a_over_b"), 2, " a/b")),
+        ("1 search", "trials COMPLETE/PRUNED", states[0], states[1], ""),
+        row("best accuracy", "best_accuracy", 4,
+            ratio=_fmt(r.get("best_accuracy_b_minus_a_points"), 2, " pt b-a")),
+        row("train samples/s (training only)", "train_samples_per_second",
+            ratio=_fmt(r.get("train_samples_per_second_b_over_a"), 2, " b/a")),
+        row("mean trial seconds", "mean_trial_seconds", 2),
+    ]  # fmt: skip
+
+
+def _trainer_rows(t: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = [
+        ("2 trainer", "samples/s (a bare loop, b Trainer path)",
+         _fmt(t["bare_samples_per_second"]), _fmt(t["trainer_samples_per_second"]),
+         _fmt(t["trainer_over_bare"], 3, " b/a")),
+    ]  # fmt: skip
+    e = t.get("evaluation")
+    if e:
+        times = e["seconds_per_evaluation"]
+        product = next(iter(times))  # the configured batch size, as train_model sets it up
+        rows.append(
+            ("2 eval", f"s/evaluation (a {product}, b {e['best']})", _fmt(times[product], 3),
+             _fmt(times[e["best"]], 3), _fmt(e["speedup_of_best"], 2, " a/b"))
+        )  # fmt: skip
+    return rows
+
+
+def _orchestration_rows(orch: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    for db in ("sqlite", "postgresql"):
+        o = orch.get(db)
+        if not isinstance(o, dict):
+            continue
+        if "skipped" in o:
+            rows.append((f"3 {db}", "skipped", o["skipped"][:40], "", ""))
+            continue
+        measure = f"s/trial (a storage+sampler, b trial) at {o['trials_in_study']} trials"
+        a = _fmt(o["storage_sampler_seconds_per_trial"], 3)
+        share = _fmt(100 * o["fraction_of_trial"], 2, " %")
+        rows.append((f"3 {db}", measure, a, _fmt(orch["trial_seconds"], 2), share))
+    return rows
+
+
+def _gpu_rows(g: dict[str, Any]) -> list[Row]:
+    measure = f"samples/s bf16 (a bare, b Trainer) {g['device']}"
+    mfu = _fmt(100 * g["trainer_mfu"], 1, " % MFU")
+    bare, hf = _fmt(g["bare_samples_per_second"]), _fmt(g["trainer_samples_per_second"])
+    return [("4 gpu", measure, bare, hf, mfu)]
+
+
+def print_table(results: dict[str, Any]) -> None:
+    table = Table(title="focaltune benchmark")
+    for column in ("part", "measure", "a", "b", "ratio"):
+        table.add_column(column, justify="left" if column in ("part", "measure") else "right")
+    rows = _search_rows(results["search"]) if results.get("search") else []
+    if "trainer_overhead" in results:
+        rows += _trainer_rows(results["trainer_overhead"])
+    rows += _orchestration_rows(results.get("orchestration", {}))
+    if "gpu" in results:
+        rows += _gpu_rows(results["gpu"])
+    for row in rows:
+        table.add_row(*row)
+    console = Console(width=max(Console().width, 110))
+    console.print(table)
+    for t in results.get("targets", []):
+        mark = {True: "met", False: "MISSED", None: "-"}[t["met"]]
+        console.print(f"  target {t['target']}: measured {_fmt(t['measured'], 3)} -> {mark}")

@@ -1,0 +1,205 @@
+"""The shared workload of every part: sizes, data slices, one offline backbone, a study config.
+
+Both search loops (seed-style and focaltune) read the same two CSV slices, fine-tune the
+same backbone and sample from the same search space, so their numbers differ only by how
+the trials are run. Slices and backbone are built once into ``--work`` and reused (not
+timed): building them is not what the benchmark compares.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[1]
+NSMC4 = ROOT.parent / "shared" / "data" / "nsmc4"
+STUDY_NAME = "bench"
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Everything that sizes the workload; each field is a command-line flag of bench.py."""
+
+    trials: int = 16
+    train_rows: int = 2000
+    eval_rows: int = 500
+    hidden: int = 128
+    layers: int = 2
+    vocab_size: int = 8000
+    max_length: int = 128
+    epochs_max: int = 4
+    batch_size: int = 32
+    evals_per_epoch: int = 1  # the product's default, and the seed's: one per epoch
+    lr_low: float = 1e-4
+    lr_high: float = 1e-3
+    workers: int = 2  # as `make search` runs the demo; threads are split between them
+    threads: int = 2
+    seed: int = 0
+
+    @property
+    def heads(self) -> int:
+        # BERT keeps 64 dimensions per head (768 / 12); tiny models get at least one head.
+        return max(1, self.hidden // 64)
+
+
+def write_slices(data_dir: Path, work: Path, sizes: Sizes) -> tuple[Path, Path]:
+    """Train rows [0, n) and eval rows [n, n + m) of nsmc4's train file, as two CSVs."""
+    source = data_dir / "train.csv.gz"
+    if not source.is_file():
+        raise SystemExit(f"bench: {source} not found; pass --data with the nsmc4 folder")
+    train = work / f"train-{sizes.train_rows}.csv"
+    evals = work / f"eval-{sizes.train_rows}-{sizes.eval_rows}.csv"
+    if not (train.exists() and evals.exists()):
+        work.mkdir(parents=True, exist_ok=True)
+        rows = pd.read_csv(source, nrows=sizes.train_rows + sizes.eval_rows)
+        if len(rows) < sizes.train_rows + sizes.eval_rows:
+            raise SystemExit(f"bench: {source} has only {len(rows)} rows")
+        rows.iloc[: sizes.train_rows].to_csv(train, index=False)
+        rows.iloc[sizes.train_rows :].to_csv(evals, index=False)
+    return train, evals
+
+
+def ensure_backbone(train_csv: Path, work: Path, sizes: Sizes, *, name: str = "") -> Path:
+    """A backbone (no MLM) built from ``train_csv`` once per size; later runs reuse it."""
+    from trainer.backbone import build_backbone
+
+    key = name or f"{sizes.layers}x{sizes.hidden}-v{sizes.vocab_size}-{train_csv.stem}"
+    out = work / "backbones" / key
+    if not (out / "config.json").exists():
+        log.info("building backbone %s", out)
+        build_backbone(
+            train_csv,
+            out,
+            vocab_size=sizes.vocab_size,
+            layers=sizes.layers,
+            hidden=sizes.hidden,
+            heads=sizes.heads,
+            max_length=sizes.max_length,
+            seed=sizes.seed,
+        )
+    return out
+
+
+def study_config(
+    sizes: Sizes, train_csv: Path, eval_csv: Path, backbone: Path, cache_dir: Path
+) -> Any:
+    """The StudyConfig both loops use: data, model, space; default pruner and sampler."""
+    from search.config import parse_study_config
+
+    raw = {
+        "study": {"name": STUDY_NAME, "n_trials": sizes.trials, "sampler": {"seed": sizes.seed}},
+        "data": {
+            "train": str(train_csv),
+            "validation": str(eval_csv),
+            "max_length": sizes.max_length,
+            "cache_dir": str(cache_dir),
+        },
+        "model": {"name_or_path": str(backbone)},
+        "train": {
+            "batch_size": sizes.batch_size,
+            "evals_per_epoch": sizes.evals_per_epoch,
+            "seed": sizes.seed,
+        },
+        "space": {"learning_rate": [sizes.lr_low, sizes.lr_high], "epochs": [1, sizes.epochs_max]},
+    }
+    return parse_study_config(raw, "benchmark config")
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    import torch
+    import transformers
+
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": _cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    return info
+
+
+def _cpu_count() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def describe(sizes: Sizes) -> dict[str, Any]:
+    return asdict(sizes) | {"heads": sizes.heads}
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+
+
+@dataclass
+class SearchResult:
+    """One search loop's outcome, measured the same way for both loops."""
+
+    wall_seconds: float
+    complete: int
+    pruned: int
+    failed: int
+    best_accuracy: float | None
+    train_samples: int  # samples through training steps, all trials (pruned ones too)
+    samples_per_second: float  # training only: data loading + steps, no eval/save/load
+    trial_seconds: list[float]  # each finished trial's duration, as Optuna recorded it
+    trials: list[dict[str, Any]]  # number, state, best accuracy (pruned: its best so far)
+    breakdown: dict[str, float]  # seconds per phase, summed over trials
+
+    @property
+    def samples_per_wall_second(self) -> float:
+        return self.train_samples / max(self.wall_seconds, 1e-9)
+
+    @property
+    def mean_trial_seconds(self) -> float:
+        return sum(self.trial_seconds) / max(len(self.trial_seconds), 1)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "wall_seconds": round(self.wall_seconds, 2),
+            "trials_complete": self.complete,
+            "trials_pruned": self.pruned,
+            "trials_failed": self.failed,
+            "best_accuracy": self.best_accuracy,
+            "train_samples": self.train_samples,
+            "train_samples_per_second": round(self.samples_per_second, 1),
+            "train_samples_per_wall_second": round(self.samples_per_wall_second, 1),
+            "mean_trial_seconds": round(self.mean_trial_seconds, 2),
+            "trial_seconds": [round(s, 2) for s in self.trial_seconds],
+            "breakdown_seconds": {k: round(v, 2) for k, v in self.breakdown.items()},
+            "trials": self.trials,
+        }
+
+
+def trial_rows(trials: list[Any]) -> list[dict[str, Any]]:
+    """One short row per finished trial: what the search found, in trial order."""
+    rows = []
+    for t in trials:
+        value = t.value
+        if value is None and t.intermediate_values:
+            value = max(t.intermediate_values.values())
+        seconds = t.duration.total_seconds() if t.duration else None
+        rows.append(
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "accuracy": None if value is None else round(value, 4),
+                "epochs": t.params.get("epochs"),
+                "seconds": None if seconds is None else round(seconds, 2),
+            }
+        )
+    return rows
