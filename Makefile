@@ -44,7 +44,7 @@ search: install runs/backbone/config.json
 
 # Benchmark of issue 6 (not a test): seed-style loop vs focaltune, overheads. ~10 min.
 bench: install
-	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/bench.py --out runs/bench.json
+	$(BIN)/python benchmarks/bench.py --out runs/bench.json
 
 # Fault soak (not in `make test`, run by CI): 4 workers, random kill -9, PostgreSQL.
 soak: install

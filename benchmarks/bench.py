@@ -95,7 +95,7 @@ def default_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
-def run_search(args: argparse.Namespace, sizes: Sizes, base: Any, paths: dict) -> dict:
+def run_search(args: argparse.Namespace, sizes: Sizes, base: Any, root: Path) -> dict:
     from benchmarks.focaltune_search import run_focaltune
     from benchmarks.seed_style import run_seed_style
     from search.study import resolve_config
@@ -103,12 +103,12 @@ def run_search(args: argparse.Namespace, sizes: Sizes, base: Any, paths: dict) -
     out: dict[str, Any] = {}
     if not args.skip_seed:
         print(f"[1a] seed-style search: {sizes.trials} trials ...", flush=True)
-        work = paths["work"] / "seed-style"
+        work = root / "seed-style"
         a = run_seed_style(resolve_config(base), work, loader_workers=args.seed_loader_workers)
         out["seed_style"] = a.to_json()
     if not args.skip_focaltune:
         print(f"[1b] focaltune search: {sizes.workers} worker(s) ...", flush=True)
-        work = paths["work"] / "focaltune"
+        work = root / "focaltune"
         cold = base.model_copy(deep=True)
         cold.data.cache_dir = str(work / "token-cache")  # inside the fresh folder: starts cold
         b = run_focaltune(
@@ -194,7 +194,7 @@ def run_parts(args: argparse.Namespace, sizes: Sizes, base: Any, work: Path) -> 
     results: dict[str, Any] = {"settings": describe(sizes), "machine": machine()}
     seconds: dict[str, float] = {}
     with timed(seconds, "search"):
-        results["search"] = run_search(args, sizes, base, {"work": work})
+        results["search"] = run_search(args, sizes, base, work)
     if not args.skip_overhead:
         with timed(seconds, "trainer_overhead"):
             results["trainer_overhead"] = run_overhead(args, base)
@@ -216,6 +216,9 @@ def run_parts(args: argparse.Namespace, sizes: Sizes, base: Any, work: Path) -> 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.threads = args.threads or default_threads()
+    if args.workers > args.threads:  # one thread per worker at least: keep the budgets equal
+        print(f"bench: {args.threads} thread(s) for both loops: running {args.threads} worker(s)")
+        args.workers = args.threads
     sizes = sizes_from(args)
     quiet_libraries(args.threads)
     work = args.work.resolve()
