@@ -9,38 +9,22 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import shutil
 import tempfile
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-from tokenizers.trainers import BpeTrainer
-from transformers import (
-    BertConfig,
-    BertForMaskedLM,
-    DataCollatorForLanguageModeling,
-    PreTrainedTokenizerFast,
-    Trainer,
-    TrainingArguments,
-    set_seed,
-)
+from transformers import BertConfig, BertForMaskedLM, PreTrainedTokenizerFast, set_seed
 
 from trainer.errors import BadInput
+from trainer.mlm import MlmSettings, mlm_loss, pretrain_mlm
+from trainer.wordpiece import MIN_VOCAB, train_tokenizer, unk_rate
 
 log = logging.getLogger(__name__)
 
-SPECIAL_TOKENS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]"}
-SPECIAL_TOKENS |= {"sep_token": "[SEP]", "mask_token": "[MASK]"}
-MIN_VOCAB = 256
-WORD_START = "\ue000"  # private-use character: marks word starts while learning merges
-MLM_PROBABILITY = 0.15
-MAX_EVAL_TEXTS = 500  # held-out texts for the before/after MLM loss
 READERS = {".csv": pd.read_csv, ".tsv": lambda p: pd.read_csv(p, sep="\t")}
 READERS |= {".parquet": pd.read_parquet, ".jsonl": lambda p: pd.read_json(p, lines=True)}
 
@@ -166,77 +150,6 @@ def read_texts(path: Path, column: str, max_samples: int | None, seed: int) -> l
     return texts.tolist()
 
 
-def train_tokenizer(texts: list[str], vocab_size: int, max_length: int) -> PreTrainedTokenizerFast:
-    """A cased BERT WordPiece tokenizer trained on ``texts``; keeps Hangul intact."""
-    # NFC keeps Hangul syllables composed; NFKC would turn compatibility jamo (the ㅋㅋ and
-    # ㅠㅠ of Korean reviews) into conjoining jamo, and accent stripping decomposes
-    # syllables into jamo (NFD): both make decoded text unreadable.
-    normalizer = normalizers.Sequence(
-        [normalizers.NFC(), normalizers.BertNormalizer(strip_accents=False, lowercase=False)]
-    )
-    splitter = pre_tokenizers.BertPreTokenizer()  # whitespace + punctuation
-    words = [[w for w, _ in splitter.pre_tokenize_str(normalizer.normalize_str(t))] for t in texts]
-    vocab = {token: i for i, token in enumerate(learn_wordpieces(words, vocab_size))}
-    tok = Tokenizer(models.WordPiece(vocab, unk_token=SPECIAL_TOKENS["unk_token"]))
-    tok.normalizer, tok.pre_tokenizer, tok.decoder = normalizer, splitter, decoders.WordPiece()
-    cls, sep = SPECIAL_TOKENS["cls_token"], SPECIAL_TOKENS["sep_token"]
-    tok.post_processor = processors.TemplateProcessing(
-        single=f"{cls} $A {sep}",
-        pair=f"{cls} $A {sep} $B:1 {sep}:1",
-        special_tokens=[(cls, vocab[cls]), (sep, vocab[sep])],
-    )
-    # The generic class, not BertTokenizer: in transformers 5 BertTokenizer rebuilds its
-    # own normaliser on load (lowercase + accent stripping) and would ignore ours.
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        model_max_length=max_length,
-        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
-        **SPECIAL_TOKENS,
-    )
-
-
-def learn_wordpieces(words: list[list[str]], vocab_size: int) -> list[str]:
-    """A WordPiece vocabulary learnt by BPE merges; the same words always give the same list.
-
-    tokenizers' WordPieceTrainer numbers its ``##`` pieces in hash-map order, so merges of
-    equal count tie-break differently on every run (huggingface/tokenizers#1794). A BPE
-    without a continuation prefix numbers everything in sorted order: learn on words that
-    carry a word-start mark instead, then map marked pieces to words, the rest to ``##``.
-    """
-    # Korean has thousands of syllables; without a cap the alphabet alone (x and ##x) can
-    # exceed vocab_size and leave no room for whole words. Half keeps UNK rare (~1%).
-    # Capped here, not by the trainer, whose cut breaks count ties at random.
-    counts = Counter("".join(w for row in words for w in row))
-    alphabet = sorted(counts, key=lambda c: (-counts[c], c))[: vocab_size // 2]
-    trainer = BpeTrainer(
-        vocab_size=2 * vocab_size,  # marked single characters and duplicates are dropped below
-        initial_alphabet=[WORD_START, *alphabet],
-        limit_alphabet=len(alphabet) + 1,
-        show_progress=False,
-    )
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    marked = (" ".join(WORD_START + w for w in row) for row in words)
-    bpe.train_from_iterator(marked, trainer, length=len(words))
-    starts = set(alphabet) & {w[0] for row in words for w in row}
-    inside = set(alphabet) & {c for row in words for w in row for c in w[1:]}
-    vocab = dict.fromkeys([*SPECIAL_TOKENS.values(), *sorted(starts)])
-    vocab |= dict.fromkeys(f"##{c}" for c in sorted(inside))
-    for piece in sorted(bpe.get_vocab(), key=bpe.token_to_id):
-        if len(vocab) >= vocab_size:
-            break
-        if len(piece) > 1:  # single characters are in already
-            vocab.setdefault(piece[1:] if piece.startswith(WORD_START) else f"##{piece}")
-    return list(vocab)
-
-
-def unk_rate(tokenizer: PreTrainedTokenizerFast, texts: list[str]) -> float:
-    """Share of [UNK] among the word pieces of ``texts``."""
-    ids = [e.ids for e in tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)]
-    unk = sum(row.count(tokenizer.unk_token_id) for row in ids)
-    return unk / max(sum(map(len, ids)), 1)
-
-
 def make_model(tokenizer: PreTrainedTokenizerFast, settings: BackboneSettings) -> BertForMaskedLM:
     """A freshly initialised BERT with an MLM head, seeded."""
     config = BertConfig(
@@ -253,79 +166,6 @@ def make_model(tokenizer: PreTrainedTokenizerFast, settings: BackboneSettings) -
     return BertForMaskedLM(config)
 
 
-def encode(tokenizer: PreTrainedTokenizerFast, texts: list[str], max_length: int) -> list[dict]:
-    """Unpadded features for the MLM collator (it pads per batch)."""
-    enc = tokenizer(texts, truncation=True, max_length=max_length, return_special_tokens_mask=True)
-    return [dict(zip(enc.keys(), row, strict=True)) for row in zip(*enc.values(), strict=True)]
-
-
-def masker(tokenizer: PreTrainedTokenizerFast, seed: int) -> DataCollatorForLanguageModeling:
-    """The BERT masking (15 %); its own seeded generator, so masks do not depend on global RNG."""
-    return DataCollatorForLanguageModeling(tokenizer, mlm_probability=MLM_PROBABILITY, seed=seed)
-
-
-@torch.no_grad()
-def mlm_loss(
-    model: BertForMaskedLM,
-    tokenizer: PreTrainedTokenizerFast,
-    texts: list[str],
-    *,
-    max_length: int = 128,
-    seed: int = 0,
-    batch_size: int = 64,
-) -> float:
-    """Mean masked-token loss on ``texts``; the same seed masks the same tokens."""
-    features = encode(tokenizer, texts, max_length)
-    collator = masker(tokenizer, seed)
-    device, was_training = next(model.parameters()).device, model.training
-    model.eval()
-    total, count = 0.0, 0
-    for start in range(0, len(features), batch_size):
-        batch = collator(features[start : start + batch_size])
-        masked = int((batch["labels"] != -100).sum())
-        if masked:
-            loss = model(**{key: value.to(device) for key, value in batch.items()}).loss
-            total, count = total + loss.item() * masked, count + masked
-    model.train(was_training)
-    return total / max(count, 1)
-
-
-def pretrain_mlm(
-    model: BertForMaskedLM,
-    tokenizer: PreTrainedTokenizerFast,
-    texts: list[str],
-    settings: BackboneSettings,
-) -> dict[str, float]:
-    """Masked-language-model pretraining; returns the held-out loss before and after."""
-    shuffled = random.Random(settings.seed).sample(texts, len(texts))
-    n_eval = min(MAX_EVAL_TEXTS, len(texts) // 20)
-    # Tiny corpora have nothing to spare: evaluate on the training texts then.
-    eval_texts, train_texts = shuffled[:n_eval] or shuffled, shuffled[n_eval:]
-    loss_kw = {"max_length": settings.max_length, "seed": settings.seed}
-    before = mlm_loss(model, tokenizer, eval_texts, **loss_kw)
-    with tempfile.TemporaryDirectory(prefix="focaltune-mlm-") as scratch:
-        args = TrainingArguments(
-            output_dir=scratch,
-            num_train_epochs=settings.mlm_epochs,
-            per_device_train_batch_size=settings.mlm_batch_size,
-            learning_rate=settings.mlm_learning_rate,
-            weight_decay=0.01,
-            warmup_steps=0.06,  # a fraction of all steps in transformers 5
-            save_strategy="no",
-            report_to="none",
-            logging_steps=0.1,
-            disable_tqdm=True,
-            dataloader_pin_memory=torch.cuda.is_available(),
-            seed=settings.seed,
-            data_seed=settings.seed,
-        )
-        features = encode(tokenizer, train_texts, settings.max_length)
-        collator = masker(tokenizer, settings.seed)
-        Trainer(model, args, collator, features, processing_class=tokenizer).train()
-    after = mlm_loss(model, tokenizer, eval_texts, **loss_kw)
-    return {"before": round(before, 4), "after": round(after, 4), "eval_texts": len(eval_texts)}
-
-
 def _build_into(folder: Path, texts: list[str], settings: BackboneSettings) -> dict:
     started = time.perf_counter()
     tokenizer = train_tokenizer(texts, settings.vocab_size, settings.max_length)
@@ -334,13 +174,15 @@ def _build_into(folder: Path, texts: list[str], settings: BackboneSettings) -> d
     log.info("tokenizer: vocab %d, UNK rate %.2f%%, %.1f s", len(tokenizer), 100 * unk, tok_seconds)
     model = make_model(tokenizer, settings)
     log.info("model: BERT with %d encoder parameters", model.bert.num_parameters())
-    started, loss = time.perf_counter(), None
-    if settings.mlm_epochs > 0:
-        loss = pretrain_mlm(model, tokenizer, texts, settings)
+    started = time.perf_counter()
+    loss = _pretrain(model, tokenizer, texts, settings) if settings.mlm_epochs > 0 else None
     mlm_seconds = time.perf_counter() - started
-    if loss:
-        before, after = loss["before"], loss["after"]
-        log.info("MLM: held-out loss %.3f -> %.3f, %.1f s", before, after, mlm_seconds)
+    # Fine-tuning adds a pooler and a classifier that this folder lacks, drawn from
+    # N(0, initializer_range). BERT's 0.02 suits a pretrained 768-wide pooler's big features;
+    # here logits start ~0.03 and a few hundred Adam steps (each <= lr) cannot grow them past
+    # the class prior, so predictions stay on the majority class. 1/sqrt(hidden) gives the
+    # new layers unit gain (+3 points measured); the encoder keeps 0.02, which trains best.
+    model.config.initializer_range = settings.hidden**-0.5
     tokenizer.save_pretrained(folder)
     model.to(device="cpu", dtype=torch.float32).save_pretrained(folder)
     return {
@@ -352,4 +194,22 @@ def _build_into(folder: Path, texts: list[str], settings: BackboneSettings) -> d
         "seconds_tokenizer": round(tok_seconds, 2),
         "seconds_mlm": round(mlm_seconds, 2),
         "mlm_loss": loss,
+        "head_init_std": round(model.config.initializer_range, 5),
     }
+
+
+def _pretrain(
+    model: BertForMaskedLM,
+    tokenizer: PreTrainedTokenizerFast,
+    texts: list[str],
+    s: BackboneSettings,
+) -> dict[str, float]:
+    mlm = MlmSettings(s.mlm_epochs, s.mlm_batch_size, s.mlm_learning_rate, s.max_length, s.seed)
+    started = time.perf_counter()
+    loss = pretrain_mlm(model, tokenizer, texts, mlm)
+    seconds = time.perf_counter() - started
+    log.info("MLM: held-out loss %.3f -> %.3f, %.1f s", loss["before"], loss["after"], seconds)
+    return loss
+
+
+__all__ = ["BackboneSettings", "build_backbone", "make_model", "mlm_loss", "read_texts"]

@@ -132,8 +132,9 @@ def test_artifacts_and_notes_of_a_completed_and_a_pruned_trial(tmp_path, nsmc_cs
     assert f"| 2 **best** | 1.00 | {accuracies[1]}" in note  # the best evaluation is marked
     assert f"focal gamma | {complete.params['focal_gamma']:.3f}" in note
     assert "매우 부정" in note and "Ended: completed." in note
+    assert "| 3 | 1.50 |" in note  # the completed trial's third evaluation row
     assert "Ended: pruned at evaluation 2." in note_of(study, pruned)
-    assert "| 3 |" not in note_of(study, pruned)  # pruned before its third evaluation
+    assert "| 3 | 1.50 |" not in note_of(study, pruned)  # pruned before its third evaluation
 
 
 def test_an_unexpected_error_is_named_in_the_note(tmp_path, nsmc_csv) -> None:

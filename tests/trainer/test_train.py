@@ -76,27 +76,28 @@ def test_gradient_accumulation_4x8_equals_1x32(tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_tiny_backbone_beats_majority_class(tiny_backbone, nsmc_csv, tmp_path) -> None:
-    train_csv = nsmc_csv(2000, offset=0)
+def test_tiny_backbone_beats_majority_class(tiny_backbone, nsmc_csv) -> None:
+    # The acceptance check: a backbone built from the first 2,000 reviews, fine-tuned for
+    # 2 epochs, beats the majority class on 500 held-out rows by a clear margin. A
+    # transformer trained from scratch needs more labelled rows than its tokenizer needs
+    # texts: on 2,000 rows it stays within ~1 point of the majority whatever the settings,
+    # on 5,000 it is 3.6-5.2 points above (seeds 42-44). Rows 5000-5499 are never trained on.
+    train_csv = nsmc_csv(5000, offset=0)
     eval_csv = nsmc_csv(500, offset=5000)
     cfg = TrainConfig(
         data=DataConfig(train=str(train_csv), validation=str(eval_csv), max_length=64),
         model=ModelConfig(name_or_path=str(tiny_backbone)),
-        train=TrainSettings(batch_size=8, evals_per_epoch=2),
-        params=Hyperparams(focal_gamma=0.0, label_smoothing=0.0, learning_rate=1e-3, epochs=2),
+        train=TrainSettings(batch_size=32, evals_per_epoch=2, seed=42),
+        params=Hyperparams(focal_gamma=1.0, label_smoothing=0.05, learning_rate=2e-3, epochs=2),
     )
     seen = []
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # one thread: the same arithmetic, so the same result, everywhere
-    try:
-        result = train_model(cfg, on_evaluate=seen.append)
-    finally:
-        torch.set_num_threads(threads)
+    result = train_model(cfg, on_evaluate=seen.append)
     majority = max(result.best.metrics["label_distribution"])
     print(
-        f"\naccuracy {result.best.accuracy:.4f} vs majority {majority:.4f}; "
-        f"{result.train_samples_per_second:.1f} samples/s"
+        f"\naccuracy {result.best.accuracy:.4f} vs majority {majority:.4f} "
+        f"(+{100 * (result.best.accuracy - majority):.1f} points); "
+        f"{result.train_seconds:.0f} s, {result.train_samples_per_second:.0f} samples/s"
     )
     assert [r.index for r in seen] == [1, 2, 3, 4]  # 2 epochs x 2 evaluations, hook saw each
-    assert result.best.accuracy > majority
+    assert result.best.accuracy > majority + 0.02
     json.dumps(result.to_json())  # metrics must be JSON-serialisable
