@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import optuna
 
-from storage.errors import BadStorage
+from storage.errors import BadStorage, StorageUnreachable
 from storage.secrets import install_secret_filter, mask_secrets
 from trainer.errors import BadInput
 
@@ -72,6 +72,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"focaltune: error: {mask_secrets(str(err))}", file=sys.stderr)
         return 2
+    except StorageUnreachable as err:
+        if args.debug:
+            raise
+        print(f"focaltune: error: {err}; is the database server up?", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("focaltune: interrupted", file=sys.stderr)
         return 130

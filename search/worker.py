@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import optuna
+import sqlalchemy.exc
 from optuna.trial import FrozenTrial, TrialState
 
 from search.config import StudyConfig
@@ -24,6 +25,8 @@ from search.objective import TRIAL_ERRORS, make_objective
 from search.reporting import make_trial_reporter
 from search.study import load_existing, make_pruner, make_sampler, stored_config
 from storage import open_storage
+from storage.errors import StorageUnreachable
+from storage.outage import is_connection_error, wait_for_storage
 from trainer.data import load_splits
 
 log = logging.getLogger(__name__)
@@ -133,28 +136,68 @@ def run_worker(
                 return WorkerSummary(ran, "n_trials")
             if timeout is not None and time.monotonic() - started >= timeout:
                 return WorkerSummary(ran, "timeout")
-            optuna.storages.fail_stale_trials(study)
-            c = counts(study)
-            done = c[TrialState.COMPLETE] + c[TrialState.PRUNED]
-            if done >= budget:
-                return WorkerSummary(ran, "budget")
-            if done + c[TrialState.RUNNING] >= budget and not c[TrialState.WAITING]:
-                time.sleep(poll_seconds)  # a running trial may still fail and be retried
-                continue
-            study.optimize(
-                guarded, n_trials=1, catch=(*TRIAL_ERRORS, BudgetReached), callbacks=[announce]
-            )
-            ran += 1
+            try:
+                step = next_step(study, budget)
+                if step == "wait":
+                    time.sleep(poll_seconds)  # a running trial may still fail and be retried
+                    continue
+                if step == "done":
+                    return WorkerSummary(ran, "budget")
+                study.optimize(
+                    guarded, n_trials=1, catch=(*TRIAL_ERRORS, BudgetReached), callbacks=[announce]
+                )
+                ran += 1
+            except STORAGE_ERRORS as err:
+                if not is_connection_error(err):
+                    raise
+                # Creating or finishing a trial found no database. A trial left RUNNING
+                # stops beating and is failed and retried after the grace period.
+                echo("database unreachable; waiting for it to come back")
+                wait_for_storage(lambda: counts(study), outage_seconds=storage_outage(study))
+    except StorageUnreachable:
+        retry_interrupted(study, current.get("trial"), cfg.study.max_retry, best_effort=True)
+        raise
     except KeyboardInterrupt as stop:
         retry_interrupted(study, current.get("trial"), cfg.study.max_retry)
         echo(f"worker stopped: {stop or 'interrupted'}")
         return WorkerSummary(ran, "signal")
 
 
-def retry_interrupted(study: optuna.Study, trial: optuna.Trial | None, max_retry: int) -> None:
-    """Give an interrupted (now FAIL) trial back to the study as a WAITING retry."""
+STORAGE_ERRORS = (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError)
+
+
+def next_step(study: optuna.Study, budget: int) -> str:
+    """ "done" when the budget is met, "wait" while running trials may still cover it,
+    "run" otherwise; fails stale trials (their retries are WAITING) first."""
+    optuna.storages.fail_stale_trials(study)
+    c = counts(study)
+    done = c[TrialState.COMPLETE] + c[TrialState.PRUNED]
+    if done >= budget:
+        return "done"
+    if done + c[TrialState.RUNNING] >= budget and not c[TrialState.WAITING]:
+        return "wait"
+    return "run"
+
+
+def storage_outage(study: optuna.Study) -> float:
+    backend = getattr(study._storage, "_backend", study._storage)
+    return getattr(backend, "outage_seconds", 0.0)
+
+
+def retry_interrupted(
+    study: optuna.Study, trial: optuna.Trial | None, max_retry: int, best_effort: bool = False
+) -> None:
+    """Give an interrupted (now FAIL) trial back to the study as a WAITING retry.
+
+    ``best_effort``: the database may be gone; a trial it cannot fail stays RUNNING,
+    and the other workers fail and retry it once its heartbeat is stale.
+    """
     if trial is None:
         return
-    frozen = study._storage.get_trial(trial._trial_id)
-    if frozen.state == TrialState.FAIL:
-        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)(study, frozen)
+    try:
+        frozen = study._storage.get_trial(trial._trial_id)
+        if frozen.state == TrialState.FAIL:
+            optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)(study, frozen)
+    except (*STORAGE_ERRORS, StorageUnreachable):
+        if not best_effort:
+            raise

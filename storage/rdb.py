@@ -19,6 +19,7 @@ import optuna
 import sqlalchemy.exc
 
 from storage.errors import BadStorage
+from storage.outage import OUTAGE_SECONDS, OutageTolerantStorage
 from storage.secrets import mask_secrets
 from storage.url import describe, normalize_url, sqlite_path
 
@@ -35,6 +36,7 @@ def open_storage(
     grace_period: int = 60,
     max_retry: int = 3,
     pool_size: int = 2,
+    outage_seconds: float = OUTAGE_SECONDS,
 ) -> optuna.storages.RDBStorage:
     """An ``RDBStorage`` for ``url`` whose stale trials fail and are retried.
 
@@ -44,6 +46,9 @@ def open_storage(
 
     ``heartbeat_interval=None`` opens a storage without heartbeats, for readers (status,
     export, dashboard) and for creating studies.
+
+    Reads and updates wait up to ``outage_seconds`` for a database that went away (a
+    restarted server) before they fail; see ``storage.outage``.
 
     Raises:
         BadStorage: the URL is malformed, or the database cannot be opened or written.
@@ -70,11 +75,14 @@ def open_storage(
                 ),
             }
         try:
-            return optuna.storages.RDBStorage(
+            storage = OutageTolerantStorage(
                 url, engine_kwargs=engine_kwargs(url, pool_size), **heartbeat
             )
         except (sqlalchemy.exc.SQLAlchemyError, ImportError) as err:
             raise BadStorage(_connection_message(url, err)) from err
+    # A SQLite file has no server to come back; its lock waits are the busy timeout's job.
+    storage.outage_seconds = 0 if path is not None else outage_seconds
+    return storage
 
 
 def engine_kwargs(url: str, pool_size: int = 2) -> dict[str, Any]:
