@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch.utils.data import SequentialSampler
 from transformers import (
     DataCollatorWithPadding,
     PrinterCallback,
@@ -98,6 +99,19 @@ class FocalLossFunc:
         return loss
 
 
+class InOrderEvalTrainer(Trainer):
+    """The Trainer, reading the eval set in the order given: longest first (``_encode``).
+
+    Under ``group_by_length`` the Trainer groups eval batches too, in megabatches of
+    min(n // (4 * batch), 50) batches: 1,000 eval rows in batches of 256 make one, so each
+    batch is a random draw padded to its longest text. Sorted, batches pad least; the
+    metrics do not depend on the order.
+    """
+
+    def _get_eval_sampler(self, eval_dataset: Any) -> SequentialSampler:
+        return SequentialSampler(eval_dataset)
+
+
 def use_bf16(setting: str) -> bool:
     if setting == "off" or not torch.cuda.is_available():
         return setting == "on" and torch.cuda.is_available()
@@ -141,7 +155,7 @@ def _encode(splits: Splits, tokenizer: Any, cfg: TrainConfig) -> tuple[Any, Any]
     evals = encode_cached(
         splits.eval_texts, splits.eval_labels, tokenizer, d.max_length, d.cache_dir
     )
-    return train, evals
+    return train, evals.sort("length", reverse=True)
 
 
 def train_model(
@@ -171,7 +185,7 @@ def train_model(
     steps_per_epoch = math.ceil(len(train_set) / (t.batch_size * t.gradient_accumulation_steps))
     schedule = EvalSchedule(eval_points(steps_per_epoch, cfg.params.epochs, t.evals_per_epoch))
     with tempfile.TemporaryDirectory(prefix="focaltune-run-") as scratch:
-        trainer = Trainer(
+        trainer = InOrderEvalTrainer(
             model=model,
             args=training_arguments(cfg, scratch),
             train_dataset=train_set,
