@@ -37,7 +37,9 @@ def member(tiny_backbone: Path) -> tuple[torch.nn.Module, object]:
         tiny_backbone, num_labels=len(LABELS), dtype=torch.float32
     )
     with torch.no_grad():
-        model.classifier.weight.mul_(30.0)  # spread the probabilities: equalities must be earned
+        # A head that spreads the probabilities (whatever the backbone's own init): equalities
+        # between batchings must be earned, not given by a saturated or uniform softmax.
+        model.classifier.weight.normal_(0.0, 0.5)
     return model, AutoTokenizer.from_pretrained(tiny_backbone)
 
 
@@ -98,7 +100,9 @@ def test_probabilities_do_not_depend_on_batching(member, reviews: Path) -> None:
     batched = predict_probs(*member, texts, max_length=32, batch_size=64)
     # Rows come back in input order, and padding inside a batch changes nothing real.
     np.testing.assert_allclose(batched, alone, atol=1e-5)
-    assert np.ptp(alone[:, 0]) > 1e-3, "rows must differ for the order check to mean anything"
+    assert np.ptp(alone, axis=0).max() > 1e-3, (
+        "rows must differ for the order check to mean anything"
+    )
 
 
 def _cli(bundle: Path, source: Path, out: Path, capsys) -> tuple[int, str]:
