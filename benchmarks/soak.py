@@ -7,7 +7,7 @@ At the end the study must show that nothing was lost: the budget met exactly, no
 RUNNING or WAITING, every killed trial retried with its parameters, trial numbers
 unique. The counts are printed; the exit status is 1 on any violation.
 
-    .venv/bin/python benchmarks/soak.py [--workers 4 --trials 40 --kill-every 20]
+    .venv/bin/python benchmarks/soak.py [--workers 4 --trials 120 --kill-every 20]
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ STUDY = "soak"
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, default=4, help="worker processes (4)")
-    parser.add_argument("--trials", type=int, default=40, help="the study's budget (40)")
+    # 40 tiny trials finish in about a minute here (one kill); 120 give ~4 min and ~10 kills.
+    parser.add_argument("--trials", type=int, default=120, help="the study's budget (120)")
     parser.add_argument("--kill-every", type=float, default=20.0, help="mean seconds (20)")
     parser.add_argument("--minutes", type=float, default=15.0, help="give up after (15)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the victim choice (0)")
