@@ -13,12 +13,17 @@ from typing import Any
 
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
+from transformers.utils import logging as hf_logging
 
 from trainer.errors import BadInput
 
 
 @functools.lru_cache(maxsize=2)
 def _pretrained(name_or_path: str, num_labels: int) -> tuple[Any, Any, dict[str, torch.Tensor]]:
+    verbosity = hf_logging.get_verbosity()
+    # A backbone never has a classifier head, and ours carry an MLM head: transformers'
+    # load report would print the same table of MISSING/UNEXPECTED keys in every worker.
+    hf_logging.set_verbosity_error()
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
         model, info = AutoModelForSequenceClassification.from_pretrained(
@@ -30,6 +35,8 @@ def _pretrained(name_or_path: str, num_labels: int) -> tuple[Any, Any, dict[str,
             f"({str(err).splitlines()[0][:120]}); give a local backbone folder "
             "(focaltune backbone build) or a Hub model name reachable from this machine"
         ) from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
     fresh = set(info["missing_keys"])  # the new head (and pooler, if never trained)
     weights = {k: v.detach().clone() for k, v in model.state_dict().items() if k not in fresh}
     return tokenizer, model.config, weights

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import SequentialSampler
 from transformers import (
@@ -155,7 +156,9 @@ def _encode(splits: Splits, tokenizer: Any, cfg: TrainConfig) -> tuple[Any, Any]
     evals = encode_cached(
         splits.eval_texts, splits.eval_labels, tokenizer, d.max_length, d.cache_dir
     )
-    return train, evals.sort("length", reverse=True)
+    # Longest first, ties in input order (datasets' own sort warns through pyarrow 25).
+    longest_first = np.argsort(-np.asarray(evals["length"]), kind="stable")
+    return train, evals.select(longest_first)
 
 
 def train_model(
