@@ -134,8 +134,10 @@ def ratios(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_overhead(args: argparse.Namespace, base: Any) -> dict[str, Any]:
+    from benchmarks.bare_loop import overhead_config
     from benchmarks.bare_loop import run_overhead as measure
     from benchmarks.evaluation import run_evaluation
+    from benchmarks.speed_items import run_speed_items
     from search.study import resolve_config
     from trainer.config import TrainConfig
     from trainer.data import load_splits
@@ -145,8 +147,11 @@ def run_overhead(args: argparse.Namespace, base: Any) -> dict[str, Any]:
     train = TrainConfig(data=cfg.data, model=cfg.model, train=cfg.train)
     splits = load_splits(train.data)
     result = measure(train, splits, repeats=args.overhead_repeats, epochs=args.overhead_epochs)
-    print("[2] evaluation: as set up vs length-sorted in order ...", flush=True)
-    return result | {"evaluation": run_evaluation(train, splits, repeats=args.overhead_repeats)}
+    print("[2] evaluation: the Trainer's order vs length-sorted in order ...", flush=True)
+    evaluation = run_evaluation(train, splits, repeats=args.overhead_repeats)
+    print("[2] speed items, each without and with ...", flush=True)
+    items = run_speed_items(overhead_config(train, 1), splits, repeats=args.overhead_repeats)
+    return result | {"evaluation": evaluation, "speed_items": items}
 
 
 def run_orchestration(args: argparse.Namespace, base: Any, results: dict, work: Path) -> dict:

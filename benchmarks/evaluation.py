@@ -1,5 +1,5 @@
-"""Speed item "evaluation batches large": the Trainer's evaluation as ``train_model`` sets it
-up, against the same evaluation over the length-sorted eval set read in order.
+"""Speed item "evaluation batches large": the Trainer's own evaluation order against the
+product's (``trainer.train.InOrderEvalTrainer``: the length-sorted eval set read in order).
 
 With ``train_sampling_strategy="group_by_length"`` the Trainer also groups *evaluation*
 batches by length, but its megabatches hold ``min(n // (4 * batch), 50)`` batches: with
@@ -15,7 +15,6 @@ import tempfile
 import time
 from typing import Any
 
-from torch.utils.data import SequentialSampler
 from transformers import DataCollatorWithPadding, PrinterCallback, Trainer
 
 from trainer.config import TrainConfig
@@ -24,14 +23,7 @@ from trainer.focal import normalise_alpha
 from trainer.loading import load_backbone
 from trainer.metrics import classification_metrics
 from trainer.tokens import encode_cached
-from trainer.train import FocalLossFunc, training_arguments
-
-
-class InOrderEvalTrainer(Trainer):
-    """Evaluates its eval set in the order given (the proposed change, see README)."""
-
-    def _get_eval_sampler(self, eval_dataset: Any) -> SequentialSampler:
-        return SequentialSampler(eval_dataset)
+from trainer.train import FocalLossFunc, InOrderEvalTrainer, training_arguments
 
 
 def _trainer(cls: type[Trainer], cfg: TrainConfig, splits: Splits, scratch: str, data: Any):
@@ -86,8 +78,8 @@ def _time_grid(
 def run_evaluation(
     cfg: TrainConfig, splits: Splits, *, repeats: int = 3, batch_sizes: tuple[int, ...] = (64,)
 ) -> dict[str, Any]:
-    """Median seconds of one evaluation: the product's set-up vs sorted and in order,
-    at the configured eval batch size and at ``batch_sizes``."""
+    """Median seconds of one evaluation: the Trainer's order vs sorted and in order (the
+    product's), at the configured eval batch size and at ``batch_sizes``."""
     tokenizer, _ = load_backbone(cfg.model.name_or_path, splits.num_labels)
     data = encode_cached(
         splits.eval_texts, splits.eval_labels, tokenizer, cfg.data.max_length, cfg.data.cache_dir

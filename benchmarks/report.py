@@ -78,6 +78,11 @@ def _trainer_rows(t: dict[str, Any]) -> list[Row]:
             ("2 eval", f"s/evaluation (a {product}, b {e['best']})", _fmt(times[product], 3),
              _fmt(times[e["best"]], 3), _fmt(e["speedup_of_best"], 2, " a/b"))
         )  # fmt: skip
+    for name, item in t.get("speed_items", {}).items():
+        a, b = item["without"], item["with"]
+        # samples/s: how many times faster; seconds: how many a trial saves
+        gain = _fmt(b / a, 2, "x") if "samples" in name else _fmt(a - b, 3, " s saved")
+        rows.append(("2 item", f"{name} (a without, b with)", _fmt(a, 3), _fmt(b, 3), gain))
     return rows
 
 

@@ -1,0 +1,58 @@
+"""`make bench` at a tiny size: every part runs and its figures agree with each other."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import NSMC4, ROOT
+
+TINY = ["--trials", "3", "--train-rows", "300", "--eval-rows", "100", "--hidden", "32"]
+TINY += ["--layers", "1", "--vocab-size", "1000", "--epochs-max", "2", "--workers", "1"]
+TINY += ["--threads", "1", "--orch-filled", "20", "--orch-trials", "2", "--overhead-repeats", "1"]
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_bench_runs_every_part_and_writes_consistent_json(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench.py"), *TINY]
+    cmd += ["--data", str(NSMC4), "--work", str(tmp_path / "work"), "--out", str(out)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "focaltune benchmark" in done.stdout
+
+    results = json.loads(out.read_text())
+    a, b = results["search"]["seed_style"], results["search"]["focaltune"]
+    assert (a["trials_complete"], a["trials_pruned"]) == (3, 0)  # seed-style never prunes
+    assert b["trials_complete"] + b["trials_pruned"] == 3  # the study's budget, exactly
+    assert a["best_accuracy"] == pytest.approx(max(t["accuracy"] for t in a["trials"]), abs=1e-4)
+    ratio = results["search"]["ratio"]["wall_seconds_a_over_b"]
+    assert ratio == pytest.approx(a["wall_seconds"] / b["wall_seconds"], abs=0.01)
+
+    overhead = results["trainer_overhead"]
+    assert overhead["bare_samples_per_second"] > 0 < overhead["trainer_samples_per_second"]
+    assert overhead["evaluation"]["same_accuracy"]  # evaluation order changes only the time
+    items = overhead["speed_items"]
+    assert set(items) == {
+        "token_cache_s",
+        "length_grouping_samples_per_s",
+        "backbone_in_memory_s",
+        "no_checkpoint_s",
+        "frozen_startup_gc_s",
+    }
+    assert all(item["without"] > 0 and item["with"] >= 0 for item in items.values())
+    assert items["token_cache_s"]["with"] < items["token_cache_s"]["without"]  # read, not made
+
+    for db in ("sqlite", "postgresql"):
+        figures = results["orchestration"][db]
+        assert figures["trials_in_study"] == 20
+        per_call = figures["median_seconds_per_trial"]
+        assert figures["storage_sampler_seconds_per_trial"] >= per_call["ask"] > 0
+    assert {t["target"].split(" ")[0] for t in results["targets"]} >= {"(a)/(b)", "Trainer"}
