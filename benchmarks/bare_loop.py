@@ -22,10 +22,10 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from trainer.config import Hyperparams, TrainConfig
 from trainer.data import Splits
-from trainer.focal import focal_loss, normalise_alpha
+from trainer.focal import normalise_alpha
 from trainer.loading import load_backbone
 from trainer.tokens import encode_cached
-from trainer.train import train_model, training_arguments
+from trainer.train import FocalLossFunc, train_model, training_arguments
 
 # A fixed, ordinary point of the search space: the overhead does not depend on it.
 PARAMS = Hyperparams(focal_gamma=2.0, label_smoothing=0.1, learning_rate=5e-4, epochs=1)
@@ -72,17 +72,10 @@ def step(
     """Forward, focal loss (sum / batch, as the Trainer path), backward, clip; the batch size."""
     labels = batch.pop("labels")
     with autocast:
-        logits = model(**batch).logits
+        outputs = model(**batch)
     p = cfg.params
-    loss = focal_loss(
-        logits,
-        labels,
-        gamma=p.focal_gamma,
-        alpha=alpha,
-        label_smoothing=p.label_smoothing,
-        reduction="sum",
-    )
-    (loss / len(labels)).backward()
+    loss_func = FocalLossFunc(p.focal_gamma, alpha, p.label_smoothing)
+    loss_func(outputs, labels, num_items_in_batch=len(labels)).backward()  # sum / batch
     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
     return len(labels)
 

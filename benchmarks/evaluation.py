@@ -23,7 +23,7 @@ from trainer.focal import normalise_alpha
 from trainer.loading import load_backbone
 from trainer.metrics import classification_metrics
 from trainer.tokens import encode_cached
-from trainer.train import FocalLossFunc, InOrderEvalTrainer, training_arguments
+from trainer.train import FocalLossFunc, InOrderEvalTrainer, longest_first, training_arguments
 
 
 def _trainer(cls: type[Trainer], cfg: TrainConfig, splits: Splits, scratch: str, data: Any):
@@ -58,7 +58,7 @@ def _time_grid(
     cfg: TrainConfig, splits: Splits, data: Any, repeats: int, sizes: tuple[int, ...]
 ) -> tuple[dict[str, float], set[float]]:
     """Seconds per evaluation for each (set-up, eval batch size); the accuracies seen."""
-    ordered = data.sort("length", reverse=True).flatten_indices()
+    ordered = longest_first(data).flatten_indices()
     seconds: dict[str, float] = {}
     accuracies: set[float] = set()
     with tempfile.TemporaryDirectory(prefix="focaltune-bench-") as scratch:

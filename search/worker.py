@@ -26,7 +26,7 @@ from search.reporting import make_trial_reporter
 from search.study import load_existing, make_pruner, make_sampler, stored_config
 from storage import open_storage
 from storage.errors import StorageUnreachable
-from storage.outage import is_connection_error, wait_for_storage
+from storage.outage import is_connection_error, unreachable_in
 from trainer.data import load_splits
 
 log = logging.getLogger(__name__)
@@ -148,12 +148,16 @@ def run_worker(
                 )
                 ran += 1
             except STORAGE_ERRORS as err:
-                if not is_connection_error(err):
+                if not is_connection_error(err) or storage_outage(study) <= 0:
                     raise
                 # Creating or finishing a trial found no database. A trial left RUNNING
-                # stops beating and is failed and retried after the grace period.
+                # stops beating and is failed and retried after the grace period. The
+                # next round's reads wait for the server (up to the storage's limit).
                 echo("database unreachable; waiting for it to come back")
-                wait_for_storage(lambda: counts(study), outage_seconds=storage_outage(study))
+            except Exception as err:
+                if (gone := unreachable_in(err)) is None:
+                    raise
+                raise gone from None
     except StorageUnreachable:
         retry_interrupted(study, current.get("trial"), cfg.study.max_retry, best_effort=True)
         raise

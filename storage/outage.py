@@ -8,26 +8,28 @@ repeat: reads and upserts. ``pool_pre_ping`` replaces the dead connections on th
 
 Not repeated: creating a trial (a commit whose answer was lost would leave a second
 trial with no heartbeat) and creating or deleting studies. Those errors reach the caller;
-the worker loop waits (``wait_for_storage``) and asks again.
+the worker loop goes round again, and its next reads wait.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import optuna
 import sqlalchemy.exc
 
-from storage.errors import StorageUnreachable
+from storage.errors import BadStorage, StorageUnreachable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 OUTAGE_SECONDS = 300.0  # how long a worker waits for its database before giving up
+OUTAGE_ENV = "FOCALTUNE_OUTAGE_SECONDS"  # overrides it, e.g. for a planned longer upgrade
 FIRST_PAUSE_S, LONGEST_PAUSE_S = 0.5, 10.0
 
 # Reads, and writes that set a value by key (repeating one sets the same value again).
@@ -60,16 +62,42 @@ REPEATABLE = (
 )
 
 
-def is_connection_error(err: BaseException) -> bool:
-    """True when ``err`` (or what caused it) says the connection, not the query, failed."""
+def outage_limit() -> float:
+    """Seconds to wait for a database that went away: $FOCALTUNE_OUTAGE_SECONDS or 300."""
+    raw = os.environ.get(OUTAGE_ENV, "").strip()
+    try:
+        seconds = float(raw) if raw else OUTAGE_SECONDS
+    except ValueError:
+        seconds = -1.0
+    if seconds < 0:
+        raise BadStorage(
+            f"{OUTAGE_ENV}={raw!r} is not a number of seconds >= 0; unset it or give e.g. 300"
+        )
+    return seconds
+
+
+def _chain(err: BaseException) -> Iterator[BaseException]:
+    """``err`` and what caused it, or what it was raised while handling."""
     seen: BaseException | None = err
     while seen is not None:
+        yield seen
+        seen = seen.__cause__ or seen.__context__
+
+
+def is_connection_error(err: BaseException) -> bool:
+    """True when ``err`` (or what caused it) says the connection, not the query, failed."""
+    for seen in _chain(err):
         if isinstance(seen, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError):
             return True
         if isinstance(seen, sqlalchemy.exc.DBAPIError) and seen.connection_invalidated:
             return True
-        seen = seen.__cause__ or seen.__context__
     return False
+
+
+def unreachable_in(err: BaseException) -> StorageUnreachable | None:
+    """The ``StorageUnreachable`` behind ``err``, if any: Optuna's ``_run_trial`` can turn it
+    into an ``UnboundLocalError`` when reading the trial back fails too."""
+    return next((seen for seen in _chain(err) if isinstance(seen, StorageUnreachable)), None)
 
 
 def wait_for_storage(

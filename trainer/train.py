@@ -156,9 +156,13 @@ def _encode(splits: Splits, tokenizer: Any, cfg: TrainConfig) -> tuple[Any, Any]
     evals = encode_cached(
         splits.eval_texts, splits.eval_labels, tokenizer, d.max_length, d.cache_dir
     )
-    # Longest first, ties in input order (datasets' own sort warns through pyarrow 25).
-    longest_first = np.argsort(-np.asarray(evals["length"]), kind="stable")
-    return train, evals.select(longest_first)
+    return train, longest_first(evals)
+
+
+def longest_first(encoded: Any) -> Any:
+    """The encoded rows, longest first, ties in input order (for ``InOrderEvalTrainer``)."""
+    # Not ``Dataset.sort``: it warns through pyarrow 25's deprecated null placement.
+    return encoded.select(np.argsort(-np.asarray(encoded["length"]), kind="stable"))
 
 
 def train_model(
