@@ -19,7 +19,7 @@ import optuna
 import sqlalchemy.exc
 
 from storage.errors import BadStorage
-from storage.outage import OUTAGE_SECONDS, OutageTolerantStorage
+from storage.outage import OutageTolerantStorage, outage_limit
 from storage.secrets import mask_secrets
 from storage.url import describe, normalize_url, sqlite_path
 
@@ -36,7 +36,7 @@ def open_storage(
     grace_period: int = 60,
     max_retry: int = 3,
     pool_size: int = 2,
-    outage_seconds: float = OUTAGE_SECONDS,
+    outage_seconds: float | None = None,
 ) -> optuna.storages.RDBStorage:
     """An ``RDBStorage`` for ``url`` whose stale trials fail and are retried.
 
@@ -47,8 +47,8 @@ def open_storage(
     ``heartbeat_interval=None`` opens a storage without heartbeats, for readers (status,
     export, dashboard) and for creating studies.
 
-    Reads and updates wait up to ``outage_seconds`` for a database that went away (a
-    restarted server) before they fail; see ``storage.outage``.
+    Reads and updates wait up to ``outage_seconds`` (default: ``outage_limit()``) for a
+    database that went away (a restarted server) before they fail; see ``storage.outage``.
 
     Raises:
         BadStorage: the URL is malformed, or the database cannot be opened or written.
@@ -58,6 +58,7 @@ def open_storage(
             f"heartbeat_interval={heartbeat_interval} and grace_period={grace_period}: need "
             "0 < heartbeat_interval < grace_period, or live trials are failed as stale"
         )
+    limit = outage_limit() if outage_seconds is None else outage_seconds  # before any file
     url = normalize_url(url)
     path = sqlite_path(url)
     if path is not None:
@@ -81,7 +82,7 @@ def open_storage(
         except (sqlalchemy.exc.SQLAlchemyError, ImportError) as err:
             raise BadStorage(_connection_message(url, err)) from err
     # A SQLite file has no server to come back; its lock waits are the busy timeout's job.
-    storage.outage_seconds = 0 if path is not None else outage_seconds
+    storage.outage_seconds = 0 if path is not None else limit
     return storage
 
 

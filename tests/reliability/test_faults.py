@@ -139,6 +139,38 @@ def test_postgres_restart_mid_study_workers_reconnect(write_config, tmp_path: Pa
             assert final.state != TrialState.FAIL or retry_of(study, final) is not None
 
 
+@pytest.mark.postgres
+def test_a_database_gone_for_good_stops_the_worker_with_one_line_and_loses_nothing(
+    write_config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FOCALTUNE_OUTAGE_SECONDS", "3")  # the worker waits 3 s, not 5 min
+    with LocalPostgres(tmp_path / "pg") as server:
+        url = server.create_database("gone")
+        study = new_study(
+            write_config, url, "gone", tmp_path / "art", study={"n_trials": 3, **TINY}
+        )
+        worker = start_worker(url, "gone", 0)
+        try:
+            in_flight = mid_trial(study)[0]
+            server.stop()
+            out, _ = worker.communicate(timeout=120)
+        finally:
+            worker.kill()
+        assert worker.returncode == 1, out[-6000:]
+        last = out.strip().splitlines()[-1]
+        assert last.startswith(
+            "focaltune: error: the database was unreachable for more than 3 s"
+        ), out[-6000:]
+        assert "Traceback" not in out
+        server.start()  # back: a new worker fails the abandoned trial as stale and retries it
+        assert study.trials[in_flight.number].state == TrialState.RUNNING
+        again = start_worker(url, "gone", 1)
+        finish([again])
+        assert again.returncode == 0
+        assert_nothing_lost(study, 3)
+        assert retry_of(study, study.trials[in_flight.number]) is not None
+
+
 def test_full_disk_fails_that_trial_and_the_worker_goes_on(write_config, tmp_path, tmpfs):
     disk = tmpfs("artifacts", size="256k")  # a real, small file system as the artifact folder
     filler = fill(disk)

@@ -12,7 +12,7 @@ import sqlalchemy
 import sqlalchemy.exc
 
 from storage import open_storage
-from storage.errors import StorageUnreachable
+from storage.errors import BadStorage, StorageUnreachable
 from storage.outage import is_connection_error, wait_for_storage
 from storage.postgres import LocalPostgres
 
@@ -94,3 +94,14 @@ def test_wait_for_storage_does_not_hide_other_errors() -> None:
 def test_sqlite_storages_do_not_wait(tmp_path: Path) -> None:
     storage = open_storage(f"sqlite:///{tmp_path / 's.db'}", heartbeat_interval=None)
     assert storage.outage_seconds == 0  # a lock wait is SQLite's busy timeout's job
+
+
+def test_the_outage_limit_comes_from_the_environment(
+    server: LocalPostgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = server.create_database("limit")
+    monkeypatch.setenv("FOCALTUNE_OUTAGE_SECONDS", "7.5")
+    assert open_storage(url, heartbeat_interval=None).outage_seconds == 7.5
+    monkeypatch.setenv("FOCALTUNE_OUTAGE_SECONDS", "soon")
+    with pytest.raises(BadStorage, match="FOCALTUNE_OUTAGE_SECONDS='soon' is not a number"):
+        open_storage(url, heartbeat_interval=None)
