@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import signal
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -77,8 +78,12 @@ def counts(study: optuna.Study) -> dict[TrialState, int]:
 
 
 def ahead_of(study: optuna.Study, number: int) -> int:
-    """Finished or running trials numbered below ``number``."""
-    states = (*FINISHED, TrialState.RUNNING)
+    """Trials numbered below ``number`` that are finished or will be: running or waiting.
+
+    Waiting ones count too: a retry enqueued a moment before this trial was created is
+    still waiting when this trial checks, and would otherwise run as one trial too many.
+    """
+    states = (*FINISHED, TrialState.RUNNING, TrialState.WAITING)
     return sum(1 for t in study.get_trials(deepcopy=False, states=states) if t.number < number)
 
 
@@ -173,7 +178,9 @@ STORAGE_ERRORS = (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlch
 def next_step(study: optuna.Study, budget: int) -> str:
     """ "done" when the budget is met, "wait" while running trials may still cover it,
     "run" otherwise; fails stale trials (their retries are WAITING) first."""
-    optuna.storages.fail_stale_trials(study)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # used on purpose
+        optuna.storages.fail_stale_trials(study)
     c = counts(study)
     done = c[TrialState.COMPLETE] + c[TrialState.PRUNED]
     if done >= budget:

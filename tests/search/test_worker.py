@@ -17,6 +17,7 @@ from optuna.trial import TrialState
 
 from search.config import load_study_config
 from search.study import create_study
+from search.worker import ahead_of
 from storage import open_storage
 from tests.search.conftest import ROOT, focaltune, start_worker
 from trainer.config import FinalConfig
@@ -99,6 +100,21 @@ def test_sigterm_leaves_no_running_trial(write_config, tmp_path) -> None:
     assert states(study)["RUNNING"] == 0
     waiting = study.get_trials(states=(TrialState.WAITING,))
     assert waiting and waiting[0].params == trial.params  # retried by the next worker
+
+
+def test_a_retry_still_waiting_counts_ahead_of_a_newer_trial(tmp_path) -> None:
+    """The race a soak run hit: worker A enqueues a retry (number 1, WAITING) just after
+    worker B looked for waiting trials and just before B created its own (number 2).
+    With budget 2 and one trial done, B must yield to the retry, or 3 trials finish."""
+    storage = open_storage(f"sqlite:///{tmp_path / 'race.db'}", heartbeat_interval=None)
+    study = optuna.create_study(study_name="race", storage=storage, direction="maximize")
+    study.add_trial(optuna.trial.create_trial(value=0.5))
+    study.enqueue_trial({})  # the retry, not yet picked up by anyone
+    newer = storage.create_new_trial(study._study_id)  # B's trial: RUNNING, number 2
+    assert storage.get_trial(newer).number == 2
+    assert ahead_of(study, 2) == 2  # done + the waiting retry: the budget of 2 is covered
+    study.tell(study.ask(), 0.6)  # the retry runs...
+    assert ahead_of(study, 2) == 2  # ...and still counts once it is finished
 
 
 def test_two_sqlite_workers_and_a_polling_reader_never_lock(write_config, tmp_path) -> None:
