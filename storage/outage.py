@@ -24,6 +24,7 @@ import optuna
 import sqlalchemy.exc
 
 from storage.errors import BadStorage, StorageUnreachable
+from storage.stale import never_beaten
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -144,9 +145,15 @@ class OutageTolerantStorage(optuna.storages.RDBStorage):
                 raise
             log.warning("heartbeat of trial id %d missed: database unreachable", trial_id)
 
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        # Optuna's stale trials, and those that died before their first beat.
+        stale = super()._get_stale_trial_ids(study_id)
+        grace = self.grace_period or 2 * (self.heartbeat_interval or 0)
+        return stale + [i for i in never_beaten(self, study_id, grace) if i not in stale]
+
 
 def _repeated(name: str) -> Callable[..., Any]:
-    method = getattr(optuna.storages.RDBStorage, name)
+    method = getattr(OutageTolerantStorage, name)  # RDBStorage's, or the override above
 
     @functools.wraps(method)
     def wrapper(self: OutageTolerantStorage, *args: Any, **kwargs: Any) -> Any:
@@ -157,5 +164,5 @@ def _repeated(name: str) -> Callable[..., Any]:
 
 
 for _name in REPEATABLE:
-    if hasattr(optuna.storages.RDBStorage, _name):  # a few are private and may move
+    if hasattr(OutageTolerantStorage, _name):  # a few are private and may move
         setattr(OutageTolerantStorage, _name, _repeated(_name))
