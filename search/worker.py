@@ -11,7 +11,6 @@ as a retry.
 from __future__ import annotations
 
 import logging
-import signal
 import time
 import warnings
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 from search.config import StudyConfig
 from search.objective import TRIAL_ERRORS, make_objective
 from search.reporting import make_trial_reporter
+from search.stop import StopSignals
 from search.study import load_existing, make_pruner, make_sampler, stored_config
 from storage import open_storage
 from storage.errors import StorageUnreachable
@@ -32,10 +32,6 @@ from trainer.data import load_splits
 
 log = logging.getLogger(__name__)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-
-
-class StopRequested(KeyboardInterrupt):
-    """SIGTERM/SIGINT: fail the running trial cleanly (it is retried), then exit."""
 
 
 class BudgetReached(Exception):
@@ -102,10 +98,6 @@ def trial_line(trial: FrozenTrial) -> str:
     )
 
 
-def _raise_stop(signum: int, _frame: object) -> None:
-    raise StopRequested(f"stopped by signal {signal.Signals(signum).name}")
-
-
 def run_worker(
     url: str,
     name: str,
@@ -122,21 +114,24 @@ def run_worker(
     splits = load_splits(cfg.data)
     objective = make_objective(cfg, splits, on_trial_end=make_trial_reporter(study, cfg, url))
     current: dict[str, optuna.Trial] = {}
+    stops = StopSignals()
 
     def guarded(trial: optuna.Trial) -> float:
         current["trial"] = trial
-        if ahead_of(study, trial.number) >= budget:
-            trial.set_user_attr("end_reason", "not run: the budget was met by other trials")
-            raise BudgetReached(f"budget {budget} met")
-        return objective(trial)
+        with stops.raising():
+            if ahead_of(study, trial.number) >= budget:
+                trial.set_user_attr("end_reason", "not run: the budget was met by other trials")
+                raise BudgetReached(f"budget {budget} met")
+            return objective(trial)
 
     def announce(_study: optuna.Study, trial: FrozenTrial) -> None:
         echo(trial_line(trial))
 
-    signal.signal(signal.SIGTERM, _raise_stop)
+    stops.install()
     started, ran = time.monotonic(), 0
     try:
         while True:
+            stops.check()
             if n_trials is not None and ran >= n_trials:
                 return WorkerSummary(ran, "n_trials")
             if timeout is not None and time.monotonic() - started >= timeout:
@@ -151,6 +146,7 @@ def run_worker(
                 study.optimize(
                     guarded, n_trials=1, catch=(*TRIAL_ERRORS, BudgetReached), callbacks=[announce]
                 )
+                current.clear()  # finished: a later stop must not retry it
                 ran += 1
             except STORAGE_ERRORS as err:
                 if not is_connection_error(err) or storage_outage(study) <= 0:

@@ -123,7 +123,9 @@ def test_postgres_restart_mid_study_workers_reconnect(write_config, tmp_path: Pa
         )
         workers = [start_worker(url, "restart", i) for i in range(2)]
         try:
-            in_flight = mid_trial(study)
+            # Both workers inside a trial: a worker still starting up when the server goes
+            # away exits 2 ("is the server running?"), which is not what this test is about.
+            in_flight = mid_trial(study, 2)
             server.stop()
             time.sleep(3)  # longer than the heartbeat interval: every worker sees the outage
             server.start()
