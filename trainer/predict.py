@@ -21,9 +21,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from trainer.bundle import Bundle, load_bundle, load_member
-from trainer.data import INT_LIKE, read_table
+from trainer.data import INT_LIKE
 from trainer.ensemble import apply_bias, average_probs
 from trainer.errors import BadInput
+from trainer.tables import read_table
 
 WRITERS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".parquet": "parquet"}
 

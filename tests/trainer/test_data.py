@@ -1,4 +1,4 @@
-"""Reading, validating, splitting and subsampling real nsmc4 slices."""
+"""Reading (trainer.tables), validating, splitting and subsampling real nsmc4 slices."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 
 from trainer.config import DataConfig
-from trainer.data import load_labelled, load_splits, load_texts, read_table
+from trainer.data import load_labelled, load_splits, load_texts
 from trainer.errors import BadInput
+from trainer.tables import read_table
 
 NAMES = ["strong negative", "weak negative", "weak positive", "strong positive"]
 
