@@ -29,7 +29,7 @@ from optuna.trial import FrozenTrial, TrialState, create_trial
 from optuna_dashboard._note import note_ver_key, split_body
 
 from search.config import StudyConfig
-from search.reporting import trial_note
+from search.notes import trial_note
 from search.space import params_to_config
 from trainer.callbacks import EvalRecord
 from trainer.metrics import classification_metrics

@@ -23,12 +23,12 @@ from typing import Any
 
 import numpy as np
 import optuna
-from optuna_dashboard import save_note
 
 from benchmarks.fill_study import fill, history
 from search.config import StudyConfig
+from search.notes import save_trial_note, trial_note
 from search.objective import record_best
-from search.reporting import AtomicArtifactStore, trial_note, upload_plots
+from search.reporting import AtomicArtifactStore, upload_plots
 from search.space import params_to_config, suggest
 from search.study import create_study
 from search.worker import ahead_of, counts, open_study
@@ -90,7 +90,7 @@ def one_trial(study: optuna.Study, cfg: StudyConfig, laps: Laps, plan: dict[str,
     laps.time("artifacts", lambda: upload_plots(plan["store"], trial, best, labels))
     hyper = params_to_config(trial.params, cfg).params
     note = trial_note(trial.number, hyper, trial.params, labels, records, "completed")
-    laps.time("note", lambda: save_note(trial, note))
+    laps.time("note", lambda: save_trial_note(trial, note))
     laps.time("tell", lambda: study.tell(trial, best.accuracy))
 
 

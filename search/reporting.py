@@ -24,16 +24,15 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import optuna
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
-from optuna_dashboard import save_note
 
 from search.config import StudyConfig
+from search.notes import save_trial_note, trial_note
 from search.space import params_to_config
 from storage import sqlite_path
 from trainer.errors import BadInput
 
 if TYPE_CHECKING:  # the trainer side pulls in torch and transformers: types only here
     from trainer.callbacks import EvalRecord
-    from trainer.config import Hyperparams
 
 log = logging.getLogger(__name__)
 TrialReporter = Callable[[optuna.Trial, "list[EvalRecord]", Any], None]
@@ -131,47 +130,6 @@ def label_names(cfg: StudyConfig, history: list[EvalRecord], result: Any) -> lis
     return [str(k) for k in range(len(history[0].metrics["confusion"]))] if history else []
 
 
-def trial_note(
-    number: int,
-    hyper: Hyperparams,
-    params: dict[str, Any],
-    labels: list[str],
-    history: list[EvalRecord],
-    reason: str,
-) -> str:
-    """The dashboard note (Markdown): focal settings, accuracy per evaluation, why it ended."""
-    alpha = hyper.focal_alpha or [1.0] * len(labels)
-    lines = [
-        f"## Trial {number}: {reason}",
-        "",
-        "| setting | value |",
-        "|---|---|",
-        f"| focal gamma | {hyper.focal_gamma:.3f} |",
-        "| focal alpha (mean 1) | "
-        + ", ".join(f"{name} {a:.2f}" for name, a in zip(labels, alpha, strict=False))
-        + " |",
-        f"| label smoothing | {hyper.label_smoothing:.3f} |",
-        f"| learning rate | {hyper.learning_rate:.2e} |",
-        f"| epochs | {hyper.epochs} |",
-    ]
-    if "backbone" in params:
-        lines.append(f"| backbone | {params['backbone']} |")
-    lines += ["", "### Accuracy per evaluation", ""]
-    if not history:
-        return "\n".join([*lines, "No evaluation finished.", ""])
-    best = max(history, key=lambda r: r.accuracy)
-    lines += ["| evaluation | epoch | accuracy | macro-F1 | predicted vs true (TV) |"]
-    lines += ["|---|---|---|---|---|"]
-    for r in history:
-        mark = " **best**" if r is best else ""
-        m = r.metrics
-        lines.append(
-            f"| {r.index}{mark} | {r.epoch:.2f} | {r.accuracy:.4f} | {m['macro_f1']:.4f} "
-            f"| {m['pred_tv_distance']:.3f} |"
-        )
-    return "\n".join([*lines, "", f"Ended: {reason}.", ""])
-
-
 def make_trial_reporter(study: optuna.Study, cfg: StudyConfig, url: str) -> TrialReporter:
     """The ``on_trial_end`` hook of ``make_objective``: artifacts, note, W&B run."""
     folder = artifact_dir(cfg, url)
@@ -205,7 +163,9 @@ def make_trial_reporter(study: optuna.Study, cfg: StudyConfig, url: str) -> Tria
                 else:  # already failing: its own reason wins
                     log.warning("trial %d: artifacts not written: %s", trial.number, exc)
         hyper = params_to_config(trial.params, cfg).params
-        save_note(trial, trial_note(trial.number, hyper, trial.params, labels, history, reason))
+        save_trial_note(
+            trial, trial_note(trial.number, hyper, trial.params, labels, history, reason)
+        )
         if tracking["wandb"] and not reason.startswith("interrupted"):
             # One failure (no account, no network in online mode) turns W&B off for this
             # worker, so later trials do not each wait for its timeout.
