@@ -10,6 +10,8 @@ from optuna.trial import TrialState
 
 from storage import open_storage
 
+pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def url(request: pytest.FixtureRequest, tmp_path) -> str:
