@@ -198,14 +198,25 @@ def check(trials: list[FrozenTrial], budget: int) -> tuple[dict[str, int], list[
     for trial in killed:
         if trial.number not in retry:
             problems.append(f"killed trial {trial.number} was not retried")
-        elif retry[trial.number].params != trial.params:
-            problems.append(f"the retry of trial {trial.number} has other parameters")
+        elif not keeps_params(retry[trial.number], trial):
+            again = retry[trial.number]
+            problems.append(
+                f"the retry of trial {trial.number} has other parameters: "
+                f"{again.params} (trial {again.number}) vs {trial.params}"
+            )
     for trial in (t for t in trials if t.state == TrialState.FAIL):
         by = retry.get(trial.number)
         why = trial.user_attrs.get("end_reason", "-")
         print(f"  FAIL trial {trial.number}: {why}; retried by {by.number if by else None}")
     figures = {**c, "killed trials": len(killed), "retries": len(retry)}
     return figures, problems
+
+
+def keeps_params(retry: FrozenTrial, killed: FrozenTrial) -> bool:
+    """The retry runs with every parameter the killed trial had chosen. A worker killed
+    while the sampler was still choosing leaves only some (or none): the retry samples
+    the others afresh."""
+    return {name: retry.params.get(name) for name in killed.params} == killed.params
 
 
 def main(argv: list[str] | None = None) -> int:

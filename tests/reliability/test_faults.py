@@ -76,7 +76,9 @@ def assert_nothing_lost(study: optuna.Study, budget: int) -> None:
     for trial in died_with_worker(study):
         retry = retry_of(study, trial)
         assert retry is not None, f"trial {trial.number} was lost (FAIL, no retry)"
-        assert retry.params == trial.params
+        # Every parameter the killed trial had chosen (a kill while the sampler was still
+        # choosing leaves only some; the retry samples the rest).
+        assert {k: retry.params.get(k) for k in trial.params} == trial.params
 
 
 @pytest.mark.postgres
