@@ -2,8 +2,9 @@
 
 The budget (``study.n_trials``) counts COMPLETE + PRUNED trials of all workers. A
 worker starts a trial only while finished + running trials are below the budget, and
-a trial that still finds the budget covered by lower-numbered trials (two workers
-starting at the same instant) ends at once, so the study never overshoots. Workers
+a trial that still finds the budget covered by lower-numbered trials, finished, running
+or waiting (two workers starting at the same instant, a retry enqueued meanwhile), ends
+at once as "not run", so the study never overshoots. Workers
 wait for running trials rather than exit, because one of them may die and come back
 as a retry.
 """
