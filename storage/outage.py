@@ -146,10 +146,9 @@ class OutageTolerantStorage(optuna.storages.RDBStorage):
             log.warning("heartbeat of trial id %d missed: database unreachable", trial_id)
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        # Optuna's stale trials, and those that died before their first beat.
-        stale = super()._get_stale_trial_ids(study_id)
-        grace = self.grace_period or 2 * (self.heartbeat_interval or 0)
-        return stale + [i for i in never_beaten(self, study_id, grace) if i not in stale]
+        # Optuna's stale trials (they have a heartbeat) and those that died before one.
+        grace = self.grace_period or 2 * self.heartbeat_interval  # Optuna's own default
+        return super()._get_stale_trial_ids(study_id) + never_beaten(self, study_id, grace)
 
 
 def _repeated(name: str) -> Callable[..., Any]:

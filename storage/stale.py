@@ -2,10 +2,10 @@
 
 Optuna fails a RUNNING trial whose heartbeat went quiet, but skips one that never beat.
 A worker killed between creating its trial and the heartbeat thread's first beat (the
-sampler runs in between, a tenth of a second on a large study) leaves such a trial, and
-it would stay RUNNING for ever: holding a place in the budget, so the other workers wait
-for it and the study never ends. A RUNNING trial with no heartbeat that started more
-than a grace period ago is as dead as a stale one.
+rest of ``study.ask``: reading the trial back, the sampler's ``before_trial``) leaves
+such a trial, and it would stay RUNNING for ever: holding a place in the budget, so
+the other workers wait for it and the study never ends. A RUNNING trial with no
+heartbeat that started more than a grace period ago is as dead as a stale one.
 """
 
 from __future__ import annotations
