@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # The CPU wheel of torch lies on this kind of machine; elsewhere pip picks the build for the host.
 TORCH  ?= $(if $(wildcard /opt/wheels/torch-2.13.0+cpu-*.whl),torch==2.13.0,torch>=2.4)
 
-.PHONY: install search test lint format bench soak db-up db-down clean
+.PHONY: install system-deps search test lint format bench soak db-up db-down clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,9 +24,14 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# What pip cannot install: PostgreSQL's binaries and headless chromium (apt, as root;
+# otherwise one line says what to install). No test skips for want of them.
+system-deps:
+	@bash tools/system-deps.sh
+
 # Three test processes: much of the suite waits on worker subprocesses, grace periods and
 # servers, so they overlap well on 2 cores; each process keeps torch to one thread.
-test: install lint
+test: system-deps install lint
 	OMP_NUM_THREADS=1 $(BIN)/pytest -q -n 3
 
 # The demo study: nsmc4 reviews, an offline backbone built from them, 2 local workers.

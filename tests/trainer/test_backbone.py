@@ -127,7 +127,11 @@ def test_same_seed_builds_identical_weights_and_another_seed_differs(
     first = weights(build_backbone(train, tmp_path / "a", **settings, seed=7))
     again = weights(build_backbone(train, tmp_path / "b", **settings, seed=7))
     other = weights(build_backbone(train, tmp_path / "c", **settings, seed=8))
-    assert all(torch.equal(first[k], again[k]) for k in first)
+    # Initialisation is exact (same RNG stream); MLM training is float32 arithmetic whose
+    # kernels may round differently between runs on some CPUs, so allow float32 noise:
+    # another seed differs by whole initialisation scales (~0.02).
+    for k in first:
+        torch.testing.assert_close(first[k], again[k], rtol=1e-4, atol=1e-5)
     assert not torch.equal(first["bert.encoder.layer.0.output.dense.weight"],
                            other["bert.encoder.layer.0.output.dense.weight"])  # fmt: skip
 

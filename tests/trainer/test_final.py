@@ -33,7 +33,7 @@ from trainer.data import load_splits
 from trainer.ensemble import apply_bias, fit_prior_bias
 from trainer.errors import BadInput
 from trainer.final import MemberRun, run_final
-from trainer.predict import bundle_probs, predict_probs
+from trainer.predict import bundle_probs, combine, predict_probs
 from trainer.report import fit_ensemble, probs_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -97,11 +97,15 @@ def test_ensemble_of_identical_members_equals_one_member(tiny_backbone, nsmc_csv
     for name in ("uniform", "tuned"):
         np.testing.assert_allclose(ensemble.variants[name].weights, 1 / 3)
         assert ensemble.validation[name]["confusion"] == one["confusion"]
+        # float64 mean of three copies of the same array: each row moves by at most a few
+        # ulps (~1e-16), so the NLLs agree to far better than 1e-12 on any CPU.
         assert ensemble.validation[name]["nll"] == pytest.approx(one["nll"], rel=1e-12)
+    # The prior bias is fitted by an iterative solver, which can turn an ulp of difference in
+    # its input into more than an ulp in its output: give it the very input fit_ensemble does.
     prior = splits.label_distribution("train")
-    corrected = apply_bias(probs, fit_prior_bias(probs, prior))
-    expected = probs_metrics(corrected, splits.eval_labels)
-    assert ensemble.validation["uniform+prior"]["nll"] == pytest.approx(expected["nll"], rel=1e-9)
+    mixed = combine([probs] * 3, ensemble.variants["uniform"].weights, None)
+    expected = probs_metrics(apply_bias(mixed, fit_prior_bias(mixed, prior)), splits.eval_labels)
+    assert ensemble.validation["uniform+prior"]["nll"] == pytest.approx(expected["nll"], rel=1e-12)
 
 
 def test_a_non_empty_destination_is_refused_before_any_training(tiny_backbone, tmp_path):
@@ -168,8 +172,8 @@ def test_report_has_best_epoch_and_swa_per_member_and_every_ensemble_variant(bun
 
 
 @pytest.mark.slow
-def test_predict_and_a_reloaded_bundle_give_identical_probabilities(bundle, nsmc_csv, tmp_path):
-    out, _, report = bundle
+def test_predict_and_a_reloaded_bundle_give_the_same_probabilities(bundle, nsmc_csv, tmp_path):
+    out, cfg, report = bundle
     rows = nsmc_csv(100, split="test")
     predictions = tmp_path / "pred.csv"
     args = ["predict", str(out), "--input", str(rows), "--output", str(predictions)]
@@ -178,12 +182,17 @@ def test_predict_and_a_reloaded_bundle_give_identical_probabilities(bundle, nsmc
     source = pd.read_csv(rows)
     assert written["id"].tolist() == source["id"].tolist()
     again = bundle_probs(load_bundle(out), source["review"].tolist(), batch_size=16)
-    np.testing.assert_array_equal(written[PROBS].to_numpy(), again)
-    # The bundle on disk reproduces exactly what `final` measured in memory on the test set,
-    # given the same batches (padding to another batch's length moves the last bits).
-    same_batches = bundle_probs(load_bundle(out), source["review"].tolist(), batch_size=256)
+    # Same weights, batches and code path; still not asserted bit-equal, since a BLAS may
+    # pick another kernel for a buffer at another alignment (MKL documents this). float32
+    # logits then move by ~1e-7 relative, the probabilities by far less than 1e-6.
+    np.testing.assert_allclose(written[PROBS].to_numpy(), again, rtol=0, atol=1e-6)
+    # The bundle on disk reproduces what `final` measured in memory on the test set, given
+    # the same batches (final's eval_batch_size); the same float32 reasoning bounds the NLL.
+    same_batches = bundle_probs(
+        load_bundle(out), source["review"].tolist(), batch_size=cfg.train.eval_batch_size
+    )
     measured = probs_metrics(same_batches, source["label"].to_numpy())
-    assert measured["nll"] == report["test"]["nll"]
+    assert measured["nll"] == pytest.approx(report["test"]["nll"], rel=1e-5)
     assert measured["confusion"] == report["test"]["confusion"]
 
 
@@ -239,10 +248,13 @@ def test_full_data_retrains_members_and_says_where_weights_came_from(
     assert all("full_data_train" in m["seconds"] for m in report["members"])
     assert "retrained on train + validation" in (tmp_path / "out" / "report.md").read_text()
     test = pd.read_csv(cfg.data.test)
-    probs = bundle_probs(load_bundle(tmp_path / "out"), test["review"].tolist())
-    # Test figures are those of the retrained members the bundle holds.
+    texts = test["review"].tolist()
+    probs = bundle_probs(load_bundle(tmp_path / "out"), texts, batch_size=cfg.train.eval_batch_size)
+    # Test figures are those of the retrained members the bundle holds. Same batches as
+    # `final`, but float32 forward passes in two processes' worth of buffers: equal to ~1e-7
+    # relative, not bit for bit (a fresh clone failed at rel=1e-9: 1.17613740 vs ...8027).
     assert probs_metrics(probs, test["label"].to_numpy())["nll"] == pytest.approx(
-        report["test"]["nll"], rel=1e-9
+        report["test"]["nll"], rel=1e-5
     )
 
 
