@@ -13,7 +13,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from storage.errors import BadStorage
-from storage.secrets import mask_secrets, mask_url
+from storage.secrets import mask_secrets, mask_url, remember_url
 
 ENV_VAR = "FOCALTUNE_STORAGE"
 DEFAULT_URL = "sqlite:///focaltune.db"
@@ -33,7 +33,11 @@ def resolve_url(cli: str | None, config: str | None) -> str:
 
 
 def normalize_url(url: str, source: str = "storage URL") -> str:
-    """Check ``url`` (from ``source``) and give PostgreSQL URLs the psycopg 3 driver."""
+    """Check ``url`` (from ``source``) and give PostgreSQL URLs the psycopg 3 driver.
+
+    Its password is remembered first, so no later message (a driver's too) can show it.
+    """
+    remember_url(url)
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError) as err:
@@ -41,6 +45,12 @@ def normalize_url(url: str, source: str = "storage URL") -> str:
             f"malformed storage URL {mask_secrets(url)!r} (from {source}): "
             f"{mask_secrets(str(err))}; write it as {EXAMPLES}"
         ) from None
+    if "@" in (parsed.host or ""):
+        # SQLAlchemy splits at the first "@": the rest of the password would become the host.
+        raise BadStorage(
+            f"the password in storage URL {mask_url(url)!r} (from {source}) holds a raw '@'; "
+            "percent-encode it as %40 (and ':' as %3A, '/' as %2F)"
+        )
     backend = parsed.get_backend_name()
     if parsed.drivername in _POSTGRES_ALIASES:
         # Rewrite the scheme only, so the rest of the URL stays byte for byte as given.
