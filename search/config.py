@@ -7,6 +7,7 @@ one-line message the CLI prints.
 
 from __future__ import annotations
 
+import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -14,9 +15,10 @@ import yaml
 from pydantic import (
     BeforeValidator,
     Field,
-    NonNegativeFloat,
     PositiveInt,
     ValidationError,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 
@@ -31,6 +33,12 @@ from trainer.config import (
 from trainer.errors import BadInput
 
 SCHEMA_VERSION = 1
+MAX_CONFIG_BYTES = 1 << 20  # a config is a few kB; past this it is not one (or a bomb)
+MAX_YAML_NODES = 100_000  # scalars, lists and maps after aliases are expanded
+# How much of a user's value a message quotes: nested and long values are cut.
+QUOTE = reprlib.Repr()
+QUOTE.maxlevel, QUOTE.maxstring, QUOTE.maxother = 3, 80, 80
+QUOTE.maxlist = QUOTE.maxtuple = QUOTE.maxdict = QUOTE.maxset = 6
 
 
 class SamplerConfig(Strict):
@@ -67,9 +75,12 @@ class StudySection(Strict):
         return self
 
 
+Bound = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
+
+
 class FloatRange(Strict):
-    low: NonNegativeFloat
-    high: NonNegativeFloat
+    low: Bound
+    high: Bound
 
     @model_validator(mode="after")
     def _ordered(self) -> FloatRange:
@@ -116,18 +127,24 @@ class SpaceConfig(Strict):
     epochs: Ints = IntRange(low=2, high=8)
     backbones: list[str] | None = Field(None, min_length=1)
 
-    @model_validator(mode="after")
-    def _bounds(self) -> SpaceConfig:
-        problems = []
-        if self.learning_rate.low <= 0:
-            problems.append("learning_rate low must be > 0 (log scale)")
-        if self.focal_alpha is not None and self.focal_alpha.low <= 0:
-            problems.append("focal_alpha low must be > 0 (log scale)")
-        if self.label_smoothing.high >= 1:
-            problems.append("label_smoothing high must be < 1")
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
+    @field_validator("focal_gamma", "focal_alpha", "label_smoothing", "learning_rate", "epochs")
+    @classmethod
+    def _bounds_are_trial_values(cls, value: Any, info: ValidationInfo) -> Any:
+        """Both bounds must be values a trial's own settings (``Hyperparams``) accept: one
+        source of truth for the limits, so a sampled value never fails inside a trial."""
+        if value is None:
+            return value
+        for side in ("low", "high"):
+            bound = getattr(value, side)
+            trial_value = [bound] if info.field_name == "focal_alpha" else bound
+            try:
+                Hyperparams.model_validate({info.field_name: trial_value})
+            except ValidationError as err:
+                raise ValueError(
+                    f"{side} {bound}: {err.errors()[0]['msg'].lower()} (a trial's limit); "
+                    "keep both bounds within it"
+                ) from None
+        return value
 
 
 class TrackingConfig(Strict):
@@ -144,20 +161,71 @@ class StudyConfig(Strict):
     tracking: TrackingConfig = TrackingConfig()
 
 
+def shorten(text: str, limit: int = 120) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def describe_error(err: ValidationError, source: str) -> str:
-    """One line naming the first bad key, its value and what was expected."""
-    first = err.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    msg = first["msg"].removeprefix("Value error, ")
+    """One line naming the first bad key, its value and what was expected; every part that
+    quotes the input is bounded, however large or nested the input is."""
+    errors = err.errors()
+    first = errors[0]
+    where = shorten(".".join(str(p) for p in first["loc"]) or "(top level)")
+    msg = shorten(first["msg"].removeprefix("Value error, "), 300)
     if first["type"] == "extra_forbidden":
         msg = "unknown key; remove it or check its spelling against the README"
     elif first["type"] == "missing":
         msg = "required key is missing; add it"
-    more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
-    value = f" = {first['input']!r}" if first["type"] not in ("missing",) else ""
-    if len(value) > 60:
-        value = value[:57] + "..."
+    more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+    value = "" if first["type"] == "missing" else f" = {shorten(QUOTE.repr(first['input']), 60)}"
     return f"{source}: {where}{value}: {msg}{more}"
+
+
+class BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing documents whose aliases expand past MAX_YAML_NODES
+    ("billion laughs"): aliases share one node, so the check costs one walk of the graph."""
+
+    def compose_document(self) -> yaml.Node:
+        node = super().compose_document()
+        if _expanded_size(node, {}, set()) > MAX_YAML_NODES:
+            raise yaml.YAMLError(f"aliases expand it to more than {MAX_YAML_NODES:,} values")
+        return node
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_: set[int]) -> int:
+    """Nodes under ``node`` with every alias expanded (memoised per shared node)."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    if id(node) in open_:
+        raise yaml.YAMLError("an alias refers to its own anchor (a recursive structure)")
+    open_.add(id(node))
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        size += sum(_expanded_size(child, sizes, open_) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size += sum(
+            _expanded_size(k, sizes, open_) + _expanded_size(v, sizes, open_) for k, v in node.value
+        )
+    open_.discard(id(node))
+    sizes[id(node)] = size = min(size, MAX_YAML_NODES + 1)  # no huge integers either
+    return size
+
+
+def load_yaml(path: Path) -> Any:
+    """A YAML file's content, bounded in size, alias expansion and nesting."""
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise BadInput(
+            f"{path} is {size:,} bytes, over the {MAX_CONFIG_BYTES:,} a config may have; "
+            "pass the config file, not a data file"
+        )
+    try:
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=BoundedLoader)  # noqa: S506
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        reason = shorten(str(err).splitlines()[0] if str(err) else type(err).__name__, 200)
+        raise BadInput(f"{path}: not valid YAML ({reason}); fix the file") from None
+    except RecursionError:
+        raise BadInput(f"{path}: nested too deeply to be a config; fix the file") from None
 
 
 def parse_study_config(raw: Any, source: str) -> StudyConfig:
@@ -175,8 +243,4 @@ def load_study_config(path: str | Path) -> StudyConfig:
     path = Path(path)
     if not path.is_file():
         raise BadInput(f"{path}: config file not found; pass the path of a study YAML")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise BadInput(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
-    return parse_study_config(raw, str(path))
+    return parse_study_config(load_yaml(path), str(path))

@@ -13,9 +13,11 @@ from typing import Any
 
 import optuna
 
-from search.config import SCHEMA_VERSION, StudyConfig, parse_study_config
+from search.config import SCHEMA_VERSION, StudyConfig, TrackingConfig, parse_study_config
+from search.files import check_output
 from search.space import hyperparams_to_params
 from storage import describe, open_storage, sqlite_path
+from trainer.config import DataConfig
 from trainer.data import load_splits
 from trainer.errors import BadInput
 
@@ -33,13 +35,12 @@ def resolve_config(cfg: StudyConfig) -> StudyConfig:
             setattr(data, key, str(Path(value).resolve()))
     splits = load_splits(data)
     data.labels = splits.label_names
-    check_alphas(cfg, len(data.labels))
+    for i, entry in enumerate(cfg.study.enqueue):
+        check_alphas(entry.focal_alpha, len(data.labels), f"study.enqueue[{i}]")
     model = cfg.model.model_copy()
     if Path(model.name_or_path).is_dir():
         model.name_or_path = str(Path(model.name_or_path).resolve())
-    check_backbone(model.name_or_path, "model.name_or_path")
-    for name in cfg.space.backbones or []:
-        check_backbone(name, "space.backbones")
+    preflight(data, study_backbones(cfg), cfg.tracking)
     study = cfg.study.model_copy(update={"storage": None})
     tracking = cfg.tracking.model_copy(deep=True)
     # Folders are made absolute so every worker writes to the same place, whatever its CWD.
@@ -52,26 +53,42 @@ def resolve_config(cfg: StudyConfig) -> StudyConfig:
     )
 
 
-def check_alphas(cfg: StudyConfig, num_labels: int) -> None:
-    for i, entry in enumerate(cfg.study.enqueue):
-        if entry.focal_alpha is not None and len(entry.focal_alpha) != num_labels:
-            raise BadInput(
-                f"study.enqueue[{i}].focal_alpha has {len(entry.focal_alpha)} values but the "
-                f"data has {num_labels} classes; give one weight per class"
-            )
-
-
-def check_backbone(name: str, key: str) -> None:
-    """A local backbone folder that is not there is refused now, not by every worker later.
-
-    Hub names cannot be checked without the network, so only path-like names are.
-    """
-    path = Path(name).expanduser()
-    if (path.is_absolute() or name.startswith((".", "~"))) and not path.is_dir():
+def check_alphas(alpha: list[float] | None, num_labels: int, where: str) -> None:
+    if alpha is not None and len(alpha) != num_labels:
         raise BadInput(
-            f"{key} {name!r}: no such folder; build one with `focaltune backbone build` "
-            "or give a Hub model name"
+            f"{where}.focal_alpha has {len(alpha)} values but the data has {num_labels} "
+            "classes; give one weight per class"
         )
+
+
+def data_inputs(data: DataConfig) -> list[tuple[str, str | None]]:
+    """The data files of a config, as inputs no output may overwrite."""
+    return [(f"data.{key}", getattr(data, key)) for key in ("train", "validation", "test")]
+
+
+def preflight(data: DataConfig, backbones: dict[str, str], tracking: TrackingConfig) -> None:
+    """What every trial will need beyond the data, checked once before anything is made:
+    each backbone (``key -> name``) loadable and long enough for ``data.max_length``, and the
+    folders trials write (token cache, artifacts, W&B) writable."""
+    from trainer.backbone import check_backbone  # torch: only for the commands that train
+    from trainer.tokens import cache_root
+
+    for key, name in backbones.items():
+        check_backbone(name, key, data.max_length)
+    folders = [
+        ("data.cache_dir", cache_root(data.cache_dir)),
+        ("tracking.artifacts", tracking.artifacts),
+        ("tracking.wandb.dir", tracking.wandb.dir if tracking.wandb.enabled else None),
+    ]
+    for key, folder in folders:
+        if folder:
+            check_output(folder, key, [], folder=True)
+
+
+def study_backbones(cfg: StudyConfig) -> dict[str, str]:
+    names = {"model.name_or_path": cfg.model.name_or_path}
+    names |= {f"space.backbones[{i}]": n for i, n in enumerate(cfg.space.backbones or [])}
+    return names
 
 
 def stored_config(study: optuna.Study) -> StudyConfig:

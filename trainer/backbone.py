@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
@@ -24,6 +26,19 @@ from trainer.mlm import MlmSettings, mlm_loss, pretrain_mlm
 from trainer.wordpiece import MIN_VOCAB, train_tokenizer, unk_rate
 
 log = logging.getLogger(__name__)
+
+# Upper limits of the settings: far beyond any useful offline backbone, below what crashes.
+MAX_SIZES = {
+    "vocab_size": 1_000_000,
+    "layers": 96,
+    "hidden": 16_384,
+    "heads": 256,
+    "intermediate": 65_536,
+    "max_length": 8192,  # DataConfig.max_length's limit
+    "mlm_batch_size": 65_536,
+}
+MAX_PARAMETERS = 2_000_000_000
+MAX_MLM_EPOCHS = 1000
 
 READERS = {".csv": pd.read_csv, ".tsv": lambda p: pd.read_csv(p, sep="\t")}
 READERS |= {".parquet": pd.read_parquet, ".jsonl": lambda p: pd.read_json(p, lines=True)}
@@ -66,10 +81,30 @@ class BackboneSettings:
             problems.append(f"intermediate={self.intermediate} must be >= 1 (default 4 * hidden)")
         if self.max_samples is not None and self.max_samples < 1:
             problems.append(f"max_samples={self.max_samples} must be >= 1 or None (all texts)")
-        if self.mlm_epochs < 0 or self.mlm_learning_rate <= 0:
-            problems.append("mlm_epochs must be >= 0 and mlm_learning_rate > 0")
+        if not (math.isfinite(self.mlm_epochs) and 0 <= self.mlm_epochs <= MAX_MLM_EPOCHS):
+            problems.append(f"mlm_epochs={self.mlm_epochs} must be a number in 0..{MAX_MLM_EPOCHS}")
+        if not (math.isfinite(self.mlm_learning_rate) and 0 < self.mlm_learning_rate < 1):
+            problems.append(f"mlm_learning_rate={self.mlm_learning_rate} must be in (0, 1)")
+        problems += self._too_big()
         if problems:
             raise BadInput("backbone settings: " + "; ".join(problems))
+
+    def _too_big(self) -> list[str]:
+        """Sizes past these abort in native code or exhaust memory long before a result."""
+        problems = [
+            f"{name}={getattr(self, name)} must be <= {high}"
+            for name, high in MAX_SIZES.items()
+            if getattr(self, name) > high
+        ]
+        params = self.vocab_size * self.hidden + self.layers * (
+            4 * self.hidden**2 + 2 * self.hidden * self.intermediate
+        )
+        if not problems and params > MAX_PARAMETERS:
+            problems.append(
+                f"the model would have ~{params:,} parameters (> {MAX_PARAMETERS:,}); "
+                "lower vocab_size, layers, hidden or intermediate"
+            )
+        return problems
 
 
 def build_backbone(
@@ -212,4 +247,79 @@ def _pretrain(
     return loss
 
 
-__all__ = ["BackboneSettings", "build_backbone", "make_model", "mlm_loss", "read_texts"]
+# Position slots a model family reserves before the first token (RoBERTa-style models count
+# positions from padding_idx + 1), so the longest input is max_position_embeddings minus this.
+POSITION_OFFSET = {"roberta": 2, "xlm-roberta": 2, "camembert": 2, "longformer": 2}
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+def max_input_length(config: Any) -> int | None:
+    """The most tokens ``config``'s absolute position embeddings hold; None when unbounded."""
+    positions = getattr(config, "max_position_embeddings", None)
+    if not isinstance(positions, int) or positions <= 0:
+        return None
+    if getattr(config, "position_embedding_type", "absolute") != "absolute":
+        return None
+    return positions - POSITION_OFFSET.get(getattr(config, "model_type", ""), 0)
+
+
+def check_backbone(name_or_path: str, key: str, max_length: int) -> None:
+    """What every trial will need of a backbone, checked once without loading its weights.
+
+    A local folder must exist and hold weights; config and tokenizer must load (from the
+    folder, the Hub cache, or the Hub when it is reachable); the architecture must have a
+    sequence-classification head; ``max_length`` must fit its position embeddings.
+    """
+    from transformers import AutoConfig, AutoTokenizer
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES as CLASSIFIERS,
+    )
+
+    path = Path(name_or_path).expanduser()
+    local = path.is_dir()
+    if not local and (path.is_absolute() or name_or_path.startswith((".", "~"))):
+        raise BadInput(
+            f"{key} {name_or_path!r}: no such folder; build one with `focaltune backbone build` "
+            "or give a Hub model name"
+        )
+    if local and not any((path / name).is_file() for name in WEIGHT_FILES):
+        raise BadInput(
+            f"{key} {name_or_path!r}: the folder has no weights ({', '.join(WEIGHT_FILES)}); "
+            "give a backbone folder written by `focaltune backbone build` or save_pretrained"
+        )
+    try:
+        config = AutoConfig.from_pretrained(name_or_path)
+        AutoTokenizer.from_pretrained(name_or_path)
+    except (OSError, ValueError, KeyError) as err:
+        raise BadInput(
+            f"{key} {name_or_path!r} cannot be loaded ({_first_line(err)}); give a local "
+            "backbone folder (focaltune backbone build) or a Hub model name reachable from "
+            "this machine (or already in its Hugging Face cache)"
+        ) from None
+    if config.model_type not in CLASSIFIERS:
+        raise BadInput(
+            f"{key} {name_or_path!r} is a {config.model_type!r} model, which has no "
+            "sequence-classification head in transformers; choose an encoder such as BERT"
+        )
+    longest = max_input_length(config)
+    if longest is not None and max_length > longest:
+        raise BadInput(
+            f"data.max_length {max_length} exceeds the {longest} positions of {key} "
+            f"{name_or_path!r}; lower data.max_length to {longest} or less"
+        )
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return (lines[0] if lines else type(err).__name__)[:200]
+
+
+__all__ = [
+    "BackboneSettings",
+    "build_backbone",
+    "check_backbone",
+    "make_model",
+    "max_input_length",
+    "mlm_loss",
+    "read_texts",
+]

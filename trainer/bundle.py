@@ -21,11 +21,13 @@ from typing import Any
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from trainer.devices import Precision
 from trainer.errors import BadInput
 
 MANIFEST = "ensemble.json"
 FORMAT = "focaltune-ensemble/1"
 MEMBERS = "members"
+MAX_MANIFEST_BYTES = 16 << 20
 REQUIRED = ("members", "weights", "bias", "bias_applied", "label_names", "data", "files")
 
 
@@ -117,6 +119,11 @@ class Bundle:
         return self.manifest["label_names"]
 
     @property
+    def precision(self) -> Precision:
+        """The one inference precision ``final`` measured with (older bundles: fp32)."""
+        return self.manifest.get("precision", "fp32")
+
+    @property
     def text_column(self) -> str:
         return self.manifest["data"]["text_column"]
 
@@ -144,11 +151,15 @@ def _read_manifest(root: Path) -> dict[str, Any]:
         raise BadInput(f"bundle folder {root} not found; pass the --out folder of focaltune final")
     path = root / MANIFEST
     try:
+        if path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise _bad(root, f"{MANIFEST} is over {MAX_MANIFEST_BYTES:,} bytes (not ours)")
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise _bad(root, f"{MANIFEST} is missing (not a focaltune bundle?)") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise _bad(root, f"{MANIFEST} is unreadable ({str(err).splitlines()[0]})") from None
+        raise _bad(root, f"{MANIFEST} is unreadable ({str(err).splitlines()[0][:200]})") from None
+    except RecursionError:
+        raise _bad(root, f"{MANIFEST} is nested too deeply to be a manifest") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise _bad(root, f"{MANIFEST} is not a {FORMAT} manifest")
     missing = [key for key in REQUIRED if key not in manifest]
@@ -156,7 +167,35 @@ def _read_manifest(root: Path) -> dict[str, Any]:
         raise _bad(root, f"{MANIFEST} lacks the keys {missing}")
     if manifest.get("sha256") != _content_digest(manifest):
         raise _bad(root, f"{MANIFEST} was modified after it was written (content digest differs)")
+    _check_shape(root, manifest)
     return manifest
+
+
+def _shape_problem(manifest: dict[str, Any]) -> str | None:
+    members, weights = manifest["members"], manifest["weights"]
+    if not isinstance(manifest["files"], dict):
+        return "files must map paths to sha256"
+    if not isinstance(manifest["label_names"], list) or len(manifest["label_names"]) < 2:
+        return "label_names must list the classes"
+    if not isinstance(members, list) or not members:
+        return "members must be a non-empty list"
+    if not all(isinstance(m, dict) and isinstance(m.get("path"), str) for m in members):
+        return "each member needs a path"
+    if not isinstance(weights, list) or len(weights) != len(members):
+        return "weights must be one number per member"
+    if not all(isinstance(w, int | float) for w in weights):
+        return "weights must be one number per member"
+    if not isinstance(manifest["data"], dict):
+        return "data must be a mapping"
+    return None
+
+
+def _check_shape(root: Path, manifest: dict[str, Any]) -> None:
+    """The types ``predict`` relies on, so a hand-made manifest with a matching digest is
+    refused here rather than failing deep inside with a traceback."""
+    problem = _shape_problem(manifest)
+    if problem:
+        raise _bad(root, f"{MANIFEST}: {problem}")
 
 
 def verify_bundle(root: str | Path) -> dict[str, Any]:

@@ -7,7 +7,7 @@ trial's params map straight back to a config.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveInt
 
@@ -50,10 +50,10 @@ class TrainSettings(Strict):
     gradient_accumulation_steps: PositiveInt = 1
     evals_per_epoch: PositiveInt = 1
     seed: int = 42
-    weight_decay: NonNegativeFloat = 0.01
+    weight_decay: NonNegativeFloat = Field(0.01, allow_inf_nan=False)
     warmup_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     lr_scheduler: Literal["linear", "constant", "cosine"] = "linear"
-    max_grad_norm: float = Field(1.0, gt=0.0)
+    max_grad_norm: float = Field(1.0, gt=0.0, allow_inf_nan=False)
     bf16: Literal["auto", "on", "off"] = Field("auto", description="auto = on when CUDA exists")
     group_by_length: bool = True
 
@@ -61,13 +61,13 @@ class TrainSettings(Strict):
 class Hyperparams(Strict):
     """What the search varies; names equal the Optuna parameter names."""
 
-    focal_gamma: NonNegativeFloat = 2.0
-    focal_alpha: list[float] | None = Field(
+    focal_gamma: NonNegativeFloat = Field(2.0, allow_inf_nan=False)
+    focal_alpha: list[Annotated[float, Field(gt=0.0, allow_inf_nan=False)]] | None = Field(
         None, description="one weight per class, normalised to mean 1; None = all 1"
     )
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     learning_rate: float = Field(5e-5, gt=0.0, lt=1.0)
-    epochs: PositiveInt = 3
+    epochs: PositiveInt = Field(3, le=1000)
 
 
 class TrainConfig(Strict):

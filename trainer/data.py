@@ -47,7 +47,7 @@ def load_splits(cfg: DataConfig) -> Splits:
     texts, raw = _read_labelled(cfg.train, cfg, what="data.train")
     names, by_id = _label_names(raw, cfg)
     labels = _encode(raw, names, by_id, cfg.train, cfg)
-    _check_classes(labels, names, cfg)
+    counts = _check_classes(labels, names, cfg)
     if cfg.validation:
         eval_texts, eval_raw = _read_labelled(cfg.validation, cfg, what="data.validation")
         eval_labels = _encode(eval_raw, names, by_id, cfg.validation, cfg)
@@ -57,6 +57,8 @@ def load_splits(cfg: DataConfig) -> Splits:
         rest = np.setdiff1d(np.arange(len(labels)), picked)
         eval_texts, eval_labels = _take(texts, labels, picked)
         texts, labels = _take(texts, labels, rest)
+        _check_eval_split(eval_labels, counts, cfg)
+    _warn_sparse(counts, names, cfg)
     present = np.count_nonzero(np.bincount(labels, minlength=len(names)))
     if cfg.max_train_samples is not None and cfg.max_train_samples < present:
         raise BadInput(
@@ -165,18 +167,49 @@ def _label_names(raw: list[str], cfg: DataConfig) -> tuple[list[str], bool]:
     return names, False
 
 
-def _check_classes(labels: np.ndarray, names: list[str], cfg: DataConfig) -> None:
+def _check_classes(labels: np.ndarray, names: list[str], cfg: DataConfig) -> np.ndarray:
+    """Rows per class (id order); fewer than 2 classes is refused."""
     counts = np.bincount(labels, minlength=len(names))
     if np.count_nonzero(counts) < 2:
         raise BadInput(
             f"{cfg.train} has a single class ({names[int(labels[0])]!r}) in column "
             f"{cfg.label_column!r}; a classifier needs at least 2 classes"
         )
-    for c in np.flatnonzero(counts == 0):
-        log.warning("class %r of data.labels has no rows in %s", names[c], cfg.train)
-    for c in np.flatnonzero(counts == 1):
+    return counts
+
+
+def _check_eval_split(eval_labels: np.ndarray, counts: np.ndarray, cfg: DataConfig) -> None:
+    # Only classes with a spare row are evaluated: a class per row leaves nothing.
+    if len(eval_labels) == 0:
+        raise BadInput(
+            f"the validation split of {cfg.train} is empty: no class of column "
+            f"{cfg.label_column!r} has 2 rows ({len(counts)} classes in {counts.sum()} rows); "
+            "use a label column with fewer classes, or give data.validation"
+        )
+
+
+def _listed(names: list[str], ids: np.ndarray, shown: int = 5) -> str:
+    more = f" and {len(ids) - shown} more" if len(ids) > shown else ""
+    return ", ".join(repr(names[i]) for i in ids[:shown]) + more
+
+
+def _warn_sparse(counts: np.ndarray, names: list[str], cfg: DataConfig) -> None:
+    """One warning per kind of sparse class, not one per class (there may be hundreds)."""
+    absent = np.flatnonzero(counts == 0)
+    if len(absent):
         log.warning(
-            "class %r has a single row in %s: it will not be in an eval split", names[c], cfg.train
+            "%d class(es) of data.labels have no rows in %s: %s",
+            len(absent),
+            cfg.train,
+            _listed(names, absent),
+        )
+    single = np.flatnonzero(counts == 1)
+    if len(single) and not cfg.validation:
+        log.warning(
+            "%d class(es) have a single row in %s, so none in the eval split: %s",
+            len(single),
+            cfg.train,
+            _listed(names, single),
         )
 
 

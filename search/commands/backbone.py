@@ -7,6 +7,7 @@ import inspect
 import json
 from pathlib import Path
 
+from search.files import check_output
 from trainer.backbone import build_backbone
 
 # (flag, type, help); defaults come from build_backbone's signature, so they live in one place.
@@ -59,6 +60,7 @@ def _name(flag: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     settings = {_name(flag): getattr(args, _name(flag)) for flag, _, _ in OPTIONS}
+    check_output(args.out, "--out", [("the --train file", args.train)], folder=True)
     out = build_backbone(args.train, args.out, **settings)
     report = json.loads((Path(out) / "backbone.json").read_text())
     print(f"backbone: {out}")

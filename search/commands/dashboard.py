@@ -7,7 +7,7 @@ import sys
 from functools import partial
 from pathlib import Path
 
-from search.commands.common import add_storage_args, storage_url
+from search.commands.common import add_storage_args, int_in, storage_url
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,7 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_storage_args(parser, study=False)
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8080, help="port (8080; 0 = a free one)")
+    parser.add_argument(
+        "--port", type=int_in(0, 65535), default=8080, help="port (8080; 0 = a free one)"
+    )
     parser.add_argument(
         "--artifacts",
         type=Path,

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from search.commands.common import add_storage_args, storage_url
+from search.commands.common import add_storage_args, int_in, storage_url
 from search.export import export_final, to_yaml
-from search.files import write_text_atomic
-from search.study import load_existing, stored_config
-from trainer.errors import BadInput
+from search.files import check_output, database_inputs, write_text_atomic
+from search.study import data_inputs, load_existing, stored_config
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,19 +19,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_storage_args(parser)
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--top-k", type=int, default=3, help="members = the K best trials")
+    group.add_argument(
+        "--top-k", type=int_in(1, 1000), default=3, help="members = the K best trials"
+    )
     group.add_argument("--per-backbone", action="store_true", help="the best trial per backbone")
     parser.add_argument("--out", required=True, help="YAML file to write")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.top_k < 1:
-        raise BadInput(f"--top-k {args.top_k}: the ensemble needs at least 1 member; use 1 or more")
-    study = load_existing(storage_url(args), args.study)
-    final = export_final(
-        study, stored_config(study), top_k=args.top_k, per_backbone=args.per_backbone
-    )
+    url = storage_url(args)
+    check_output(args.out, "--out", database_inputs(url))  # before the study is even opened
+    study = load_existing(url, args.study)
+    cfg = stored_config(study)
+    check_output(args.out, "--out", data_inputs(cfg.data))
+    final = export_final(study, cfg, top_k=args.top_k, per_backbone=args.per_backbone)
     path = write_text_atomic(args.out, to_yaml(final))
     trials = ", ".join(str(m.source_trial) for m in final.members)
     print(f"exported {len(final.members)} members (trials {trials}) to {path}")

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import yaml
 from pydantic import ValidationError
 
-from search.config import describe_error
+from search.config import describe_error, load_yaml
+from search.files import check_output
+from search.study import data_inputs
 from trainer.config import FinalConfig
 from trainer.errors import BadInput
 from trainer.final import run_final
@@ -35,10 +36,7 @@ def load_final_config(path: str | Path) -> FinalConfig:
     path = Path(path)
     if not path.is_file():
         raise BadInput(f"{path}: final config not found; write one with `focaltune export`")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise BadInput(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    raw = load_yaml(path)
     if not isinstance(raw, dict):
         raise BadInput(f"{path}: expected a mapping with data, train and members sections")
     try:
@@ -49,6 +47,9 @@ def load_final_config(path: str | Path) -> FinalConfig:
 
 def run(args: argparse.Namespace) -> int:
     final = load_final_config(args.config)
+    inputs = [("the final config", args.config), *data_inputs(final.data)]
+    inputs += [(f"members[{i}].model", m.model) for i, m in enumerate(final.members)]
+    check_output(args.out, "--out", inputs, folder=True)
     report = run_final(final, args.out, overwrite=args.overwrite, progress=not args.no_progress)
     for member in report["members"]:
         val = member["validation"]

@@ -6,7 +6,7 @@ import argparse
 
 import optuna
 
-from search.commands.common import storage_url
+from search.commands.common import check_database, int_in, storage_url
 from search.config import load_study_config
 from search.launch import launch
 from search.status import print_status, study_status
@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "budget is met.",
     )
     parser.add_argument("config", help="study config YAML")
-    parser.add_argument("--workers", type=int, default=1, help="number of local workers")
+    parser.add_argument("--workers", type=int_in(1, 256), default=1, help="number of local workers")
     parser.add_argument("--storage", default=None, help="storage URL (overrides the config)")
     parser.add_argument("--verbose", action="store_true", help="relay all worker output")
     parser.set_defaults(func=run)
@@ -32,6 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = load_study_config(args.config)
     url = storage_url(args, cfg.study.storage)
+    check_database(url, args.config, cfg)
     warn_if_sqlite_crowded(url, args.workers)
     study = create_study(cfg, url)
     result = launch(url, study, cfg.study.n_trials, args.workers, verbose=args.verbose)

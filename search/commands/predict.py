@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from search.commands.common import int_in
+from search.files import check_output
 from trainer.predict import predict_file
 
 
@@ -20,7 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--output", required=True, metavar="FILE", help="csv/tsv/jsonl (.gz ok) or parquet"
     )
-    parser.add_argument("--batch-size", type=int, default=64, metavar="N", help="default: 64")
+    parser.add_argument(
+        "--batch-size", type=int_in(1, 65536), default=64, metavar="N", help="default: 64"
+    )
     parser.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: auto"
     )
@@ -29,6 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    inputs = [("the --input file", args.input), ("the bundle", args.bundle)]
+    check_output(args.output, "--output", inputs)  # before the bundle is even loaded
     out = predict_file(
         args.bundle,
         args.input,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from search.commands.common import storage_url
+from search.commands.common import check_database, storage_url
 from search.config import load_study_config
 from search.study import create_study
 from storage import describe
@@ -30,6 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_create(args: argparse.Namespace) -> int:
     cfg = load_study_config(args.config)
     url = storage_url(args, cfg.study.storage)
+    check_database(url, args.config, cfg)
     study = create_study(cfg, url)
     print(f"study {study.study_name} ready in {describe(url)} ({len(study.trials)} trials)")
     return 0

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from pydantic import ValidationError
 
 from search.config import describe_error, load_study_config
-from search.files import write_json_atomic
+from search.files import check_output, write_json_atomic
+from search.study import check_alphas, data_inputs, preflight
 from trainer.config import Hyperparams, TrainConfig
+from trainer.data import load_splits
 from trainer.errors import BadInput
 from trainer.train import summarise, train_model
 
@@ -51,8 +52,14 @@ def run(args: argparse.Namespace) -> int:
         train=study_cfg.train,
         params=parse_params(args.params),
     )
-    result = train_model(cfg)
-    out = Path(args.out)
+    out = check_output(args.out, "--out", [], folder=True)
+    inputs = [("the config", args.config), *data_inputs(cfg.data)]
+    inputs.append(("model.name_or_path", cfg.model.name_or_path))
+    check_output(out / "metrics.json", "--out", inputs)
+    splits = load_splits(cfg.data)  # the data's own checks, then what the run needs besides
+    check_alphas(cfg.params.focal_alpha, splits.num_labels, "--params")
+    preflight(cfg.data, {"model.name_or_path": cfg.model.name_or_path}, study_cfg.tracking)
+    result = train_model(cfg, splits=splits)
     payload = {"params": cfg.params.model_dump(), **result.to_json()}
     write_json_atomic(out / "metrics.json", payload)
     print(summarise(result))

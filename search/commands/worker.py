@@ -6,7 +6,7 @@ import argparse
 import gc
 import os
 
-from search.commands.common import add_storage_args, storage_url
+from search.commands.common import add_storage_args, float_in, int_in, storage_url
 from search.worker import run_worker
 
 
@@ -19,11 +19,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--n-trials or --timeout is reached. Start as many as you like, anywhere.",
     )
     add_storage_args(parser)
-    parser.add_argument("--n-trials", type=int, default=None, help="at most N trials here")
-    parser.add_argument("--timeout", type=float, default=None, help="start no trial after S s")
+    parser.add_argument(
+        "--n-trials", type=int_in(1, 10**9), default=None, help="at most N trials here"
+    )
+    parser.add_argument(
+        "--timeout", type=float_in(0, 10**9), default=None, help="start no trial after S s"
+    )
     parser.add_argument(
         "--worker-index",
-        type=int,
+        type=int_in(0, 10**9),
         default=None,
         help="distinct per worker (sampler seed offset); default: from the process id",
     )

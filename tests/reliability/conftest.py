@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,10 @@ import yaml
 from tests.search.conftest import ROOT, focaltune, write_config  # noqa: F401 (write_config: fixture)
 
 ERROR_PREFIX = "focaltune: error: "
+# A "billion laughs" YAML: nine levels of ten aliases, 10 ** 9 values once expanded.
+LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{c}: &{c} [{', '.join(['*' + p] * 10)}]\n" for p, c in pairwise("abcdefghi")
+)
 
 
 def cli(

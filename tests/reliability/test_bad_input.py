@@ -8,6 +8,8 @@ subprocess and compares every file of the workspace before and after.
 from __future__ import annotations
 
 import gzip
+import json
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -15,12 +17,14 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
+import yaml
 from optuna.trial import TrialState
 
 from search.config import load_study_config
 from search.study import create_study
 from storage import open_storage
 from tests.reliability.conftest import (
+    LAUGHS,
     Workspace,
     assert_refused,
     bundle,
@@ -30,6 +34,8 @@ from tests.reliability.conftest import (
     remount_read_only,
     run_measured,
 )
+from tests.search.conftest import ROOT
+from trainer.bundle import write_manifest
 
 SECRET = "Hunter2-never-shown"  # the password of every URL these cases write
 Setup = Callable[[Workspace], list[str]]
@@ -136,12 +142,105 @@ def empty_database(ws: Workspace) -> list[str]:
     return ["status", "--storage", ws.url, "--study", "s"]
 
 
-def train_with(params: str) -> Setup:
-    return lambda ws: ["train", str(ws.config()), "--params", params, "--out", str(ws.root / "o")]
+def train_with(params: str, overrides: dict | None = None) -> Setup:
+    def setup(ws: Workspace) -> list[str]:
+        return ["train", str(ws.config(overrides)), "--params", params, "--out", str(ws.root / "o")]
+
+    return setup
 
 
 def cp949(frame: pd.DataFrame) -> bytes:
     return frame.to_csv(index=False).encode("cp949", "replace")  # Korean, saved the old way
+
+
+# Issue 17: outputs that are inputs, bad output places, hangs, values only training
+# refused, and non-finite or absurd flags.
+def export_to(out: Callable[[Workspace], str]) -> Setup:
+    """`export` of a finished study to the path ``out`` gives (made before the call)."""
+
+    def setup(ws: Workspace) -> list[str]:
+        args = with_study("export", "--storage", "{url}", "--study", "s", trials=DONE)(ws)
+        return [*args, "--out", out(ws)]
+
+    return setup
+
+
+def db(ws: Workspace) -> Path:
+    return ws.root / "study.db"
+
+
+def link_to_db(ws: Workspace) -> str:
+    (ws.root / "link.yaml").symlink_to(db(ws))
+    return str(ws.root / "link.yaml")
+
+
+def predict_to(output: Callable[[Path], str]) -> Setup:
+    """`predict` with a real bundle, writing to ``output(workspace root)``."""
+
+    def setup(ws: Workspace) -> list[str]:
+        args = bundle()(ws)
+        return [*args[:-2], output(ws.root), "--no-progress"]
+
+    return setup
+
+
+def hard_link(root: Path) -> str:
+    os.link(root / "new.csv", root / "out.csv")
+    return str(root / "out.csv")
+
+
+def relative(path: Path) -> str:
+    return os.path.relpath(path, ROOT)  # the CLI runs in the repository
+
+
+def final_config(ws: Workspace, **extra: object) -> Path:
+    raw = {
+        "data": {"train": str(ws.train), "max_train_samples": 200, "max_length": 32},
+        "members": [{"model": ws.base["model"]["name_or_path"], "params": {}, "seed": 1}],
+        **extra,
+    }
+    path = ws.root / "f" / "final.yaml"
+    path.parent.mkdir()
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def final_to(out: Callable[[Workspace], Path], *extra: str) -> Setup:
+    return lambda ws: ["final", str(final_config(ws)), "--out", str(out(ws)), *extra]
+
+
+def read_only(ws: Workspace) -> Path:
+    folder = ws.fixture("tmpfs")("ws/ro", "1m")
+    remount_read_only(folder)
+    return folder
+
+
+def backbone_build(*flags: str) -> Setup:
+    def setup(ws: Workspace) -> list[str]:
+        return ["backbone", "build", "--train", str(ws.train), "--out", str(ws.root / "bb"), *flags]
+
+    return setup
+
+
+def no_weights(ws: Workspace) -> list[str]:
+    folder = ws.root / "empty-backbone"
+    folder.mkdir()
+    shutil.copy(Path(ws.base["model"]["name_or_path"]) / "config.json", folder)
+    return create({"model": {"name_or_path": str(folder)}})(ws)
+
+
+def one_class_per_row(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.assign(label=[f"c{i}" for i in range(len(frame))])
+
+
+def deep_manifest(root: Path) -> None:
+    (root / "ensemble.json").write_text("[" * 100_000 + "]" * 100_000)
+
+
+def manifest_weights(root: Path) -> None:
+    manifest = json.loads((root / "ensemble.json").read_text())
+    body = {k: v for k, v in manifest.items() if k not in ("format", "files", "sha256")}
+    write_manifest(root, {**body, "weights": "heavy"})  # a consistent digest, a bad shape
 
 
 DONE, FAILED = (TrialState.COMPLETE,), (TrialState.FAIL,)
@@ -152,8 +251,14 @@ CASES: dict[str, tuple[Setup, str]] = {  # id -> (setup, words the error line ho
     "negative-epochs": (create({"space": {"epochs": [-1, 3]}}), "space.epochs|-1|greater than 0"),
     "empty-range": (create({"space": {"epochs": []}}), "space.epochs|[low, high]"),
     "empty-backbones": (create({"space": {"backbones": []}}), "space.backbones|at least 1"),
-    "log-range-from-0": (create({"space": {"learning_rate": [0, 1e-3]}}), "learning_rate|> 0"),
-    "smoothing-1": (create({"space": {"label_smoothing": [0, 1.0]}}), "label_smoothing|< 1"),
+    "log-range-from-0": (
+        create({"space": {"learning_rate": [0, 1e-3]}}),
+        "learning_rate|low 0|greater than 0",
+    ),
+    "smoothing-1": (
+        create({"space": {"label_smoothing": [0, 1.0]}}),
+        "label_smoothing|high 1|less than 1",
+    ),
     "bad-pruner": (
         create({"study": {"pruner": {"type": "sha"}}}),
         "study.pruner.type|'sha'|median",
@@ -246,6 +351,136 @@ CASES: dict[str, tuple[Setup, str]] = {  # id -> (setup, words the error line ho
         "'review'|new.csv|rename",
     ),
     "predict-output-suffix": (bundle(output="out.xlsx"), "out.xlsx|unsupported suffix"),
+    # Issue 17 -- an output that is an input: refused before any work, nothing destroyed.
+    "export-out-is-the-database": (export_to(lambda ws: str(db(ws))), "study.db|database"),
+    "export-out-links-to-the-database": (export_to(link_to_db), "link.yaml|database"),
+    "export-out-is-the-database-relative": (
+        export_to(lambda ws: relative(db(ws))),
+        "--out|the study's database|choose another",
+    ),
+    "export-out-is-the-wal": (export_to(lambda ws: f"{db(ws)}-wal"), "study.db-wal|database"),
+    "export-out-is-the-data": (export_to(lambda ws: str(ws.train)), "data.train|destroy"),
+    "predict-output-is-the-input": (bundle(output="new.csv"), "--output|--input file|destroy"),
+    "predict-output-is-the-input-relative": (
+        predict_to(lambda root: relative(root / "new.csv")),
+        "--input file|destroy",
+    ),
+    "predict-output-hard-links-the-input": (predict_to(hard_link), "out.csv|--input file"),
+    "predict-output-inside-the-bundle": (bundle(output="bundle/p.csv"), "inside|the bundle"),
+    "train-out-overwrites-the-config": (
+        lambda ws: ["train", str(ws.config(name="metrics.json")), "--out", str(ws.root)],
+        "metrics.json|the config|destroy",
+    ),
+    "final-out-holds-the-config": (
+        final_to(lambda ws: ws.root / "f", "--overwrite"),
+        "--out|contains|final config",
+    ),
+    "create-storage-is-the-config": (
+        lambda ws: [
+            "study",
+            "create",
+            str(ws.config()),
+            "--storage",
+            f"sqlite:///{ws.root}/study.yaml",
+        ],
+        "storage URL|study.yaml|the config",
+    ),
+    # -- outputs that could only fail after the work: checked first.
+    "predict-output-is-a-folder": (predict_to(lambda root: str(root)), "--output|is a folder"),
+    "predict-output-under-a-file": (
+        predict_to(lambda root: str(root / "new.csv" / "p.csv")),
+        "--output|which is a file",
+    ),
+    "export-out-is-a-folder": (export_to(lambda ws: str(ws.root)), "--out|is a folder"),
+    "export-out-read-only": (
+        export_to(lambda ws: str(read_only(ws) / "final.yaml")),
+        "--out|cannot write|Read-only",
+    ),
+    "train-out-is-a-file": (
+        lambda ws: ["train", str(ws.config()), "--out", str(ws.config(name="o.txt"))],
+        "--out|existing file|folder",
+    ),
+    "final-out-under-a-file": (final_to(lambda ws: ws.train / "b"), "--out|which is a file"),
+    "backbone-out-under-a-file": (
+        lambda ws: backbone_build()(ws)[:-1] + [str(ws.config() / "bb")],
+        "--out|which is a file",
+    ),
+    # -- unbounded input: refused at once, the message bounded too.
+    "config-alias-bomb": (raw_config(LAUGHS), "study.yaml|not valid YAML|100,000"),
+    "config-20-mb": (
+        raw_config("study: {name: s}\n" + "#" * 20_000_000 + "\n"),
+        "study.yaml|bytes|config",
+    ),
+    "config-nested-deep": (raw_config("[" * 20_000 + "]" * 20_000), "nested too deeply"),
+    "final-config-alias-bomb": (
+        lambda ws: ["final", str(raw_config(LAUGHS)(ws)[2]), "--out", str(ws.root / "b")],
+        "not valid YAML|100,000",
+    ),
+    "bundle-manifest-nested-deep": (bundle(deep_manifest), "ensemble.json|nested too deeply"),
+    "bundle-manifest-bad-shape": (bundle(manifest_weights), "ensemble.json|weights"),
+    # -- values validation accepted and trials then failed on: checked at create and train.
+    "space-infinite-bound": (
+        create({"space": {"focal_gamma": [0.0, float("inf")]}}),
+        "space.focal_gamma|finite",
+    ),
+    "space-nan-alpha": (create({"space": {"focal_alpha": [0.5, float("nan")]}}), "focal_alpha"),
+    "space-learning-rate-1.5": (
+        create({"space": {"learning_rate": [1e-5, 1.5]}}),
+        "space.learning_rate|high 1.5|less than 1",
+    ),
+    "enqueue-infinite-gamma": (
+        create({"study": {"enqueue": [{"focal_gamma": float("inf")}]}}),
+        "study.enqueue.0.focal_gamma|finite",
+    ),
+    "max-length-beyond-positions": (
+        create({"data": {"max_length": 1024}}),
+        "data.max_length 1024|512 positions|lower",
+    ),
+    "train-max-length-beyond-positions": (
+        train_with("{}", {"data": {"max_length": 600}}),
+        "data.max_length 600|512",
+    ),
+    "class-per-row": (bad_data(one_class_per_row), "validation split|empty|fewer classes"),
+    "cache-dir-under-a-file": (
+        lambda ws: create({"data": {"cache_dir": str(ws.train / "cache")}})(ws),
+        "data.cache_dir|which is a file",
+    ),
+    "cache-dir-read-only": (
+        lambda ws: create({"data": {"cache_dir": str(read_only(ws) / "c")}})(ws),
+        "data.cache_dir|cannot write",
+    ),
+    "model-not-loadable-offline": (
+        create({"model": {"name_or_path": "klue/bert-base"}}),
+        "'klue/bert-base'|cannot be loaded|local",
+    ),
+    "model-folder-without-weights": (no_weights, "empty-backbone|no weights"),
+    "train-params-learning-rate-1": (train_with('{"learning_rate": 1.0}'), "learning_rate|1"),
+    "train-params-alpha-length": (
+        train_with('{"focal_alpha": [1, 2]}'),
+        "--params.focal_alpha|2 values|4 classes",
+    ),
+    # -- non-finite or absurd flags: one line naming the flag.
+    "backbone-mlm-epochs-nan": (backbone_build("--mlm-epochs", "nan"), "mlm_epochs=nan"),
+    "backbone-mlm-epochs-inf": (backbone_build("--mlm-epochs", "inf"), "mlm_epochs=inf"),
+    "backbone-vocab-1e9": (backbone_build("--vocab-size", "1000000000"), "vocab_size|<="),
+    "backbone-huge-model": (
+        backbone_build("--layers", "96", "--hidden", "16384", "--heads", "128"),
+        "parameters|lower",
+    ),
+    "dashboard-port-70000": (
+        lambda ws: ["dashboard", "--storage", ws.url, "--port", "70000"],
+        "--port|0..65535|--help",
+    ),
+    "launch-workers-0": (
+        lambda ws: ["launch", str(ws.config()), "--storage", ws.url, "--workers", "0"],
+        "--workers|1..256",
+    ),
+    "worker-timeout-nan": (
+        lambda ws: ["worker", "--storage", ws.url, "--study", "s", "--timeout", "nan"],
+        "--timeout|finite",
+    ),
+    "predict-batch-size-0": (lambda ws: [*bundle()(ws), "--batch-size", "0"], "--batch-size"),
+    "unknown-flag": (lambda ws: ["status", "--study", "s", "--colour"], "--colour|--help"),
 }
 NEEDS_POSTGRES = ("storage-wrong-password", "storage-unknown-database")
 

@@ -24,7 +24,7 @@ import sqlalchemy
 import yaml
 
 from storage import open_storage
-from tests.reliability.conftest import assert_refused, cli
+from tests.reliability.conftest import assert_refused, cli, free_port
 from tests.search.conftest import ROOT
 from trainer.bundle import MANIFEST, write_manifest
 
@@ -185,3 +185,41 @@ def test_the_command_line_scan_finds_a_secret() -> None:
     proc.kill()
     proc.wait()
     assert found and secret in found[0]
+
+
+SECRET = "Hunter2-never-shown"
+# Passwords the old pattern masking showed (whitespace, a raw "@", a query parameter).
+PASSWORDS = {
+    "space": f"Sp ace {SECRET}",
+    "tab": f"Tab\t{SECRET}",
+    "raw-at": f"{SECRET}@rest-of-{SECRET}",
+    "encoded": f"{SECRET}%40x%20y",
+}
+
+
+def bad_urls(port: int) -> list[str]:
+    urls = [f"postgresql+psycopg://u:{pw}@127.0.0.1:{port}/db" for pw in PASSWORDS.values()]
+    urls.append(f"postgresql+psycopg://u@127.0.0.1:{port}/db?sslmode=disable&password={SECRET}")
+    return urls
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["plain", "debug"])
+@pytest.mark.parametrize("index", range(5), ids=[*PASSWORDS, "query"])
+def test_no_password_in_any_error_output(index: int, debug: bool) -> None:
+    """Every failing command, with and without --debug, flag and environment: the password
+    and every piece of it are nowhere in stdout or stderr."""
+    url = bad_urls(free_port())[index]
+    mode = ["--debug"] if debug else []
+    results = [
+        cli(*mode, "status", "--storage", url, "--study", "s"),
+        cli(*mode, "status", "--study", "s", env={"FOCALTUNE_STORAGE": url}),
+        cli(*mode, "status", "--storage", url, "--study", "s", "--colour"),  # a bad flag
+    ]
+    for result in results:
+        assert result.returncode in (1, 2)
+        text = result.stdout + result.stderr
+        for piece in (SECRET, "Sp ace", "rest-of", "Tab\t"):
+            assert piece not in text, text[-2000:]
+        assert ("Traceback" in result.stderr) == (debug and result is not results[2])
+    if index < 4:
+        assert "***" in results[0].stderr  # the URL is shown, masked

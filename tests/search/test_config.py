@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from search.config import load_study_config, parse_study_config
+from tests.reliability.conftest import LAUGHS
 from trainer.errors import BadInput
 
 BASE = {"study": {"name": "x"}, "data": {"train": "t.csv"}, "model": {"name_or_path": "m"}}
@@ -22,7 +23,15 @@ def with_(section: str, **values) -> dict:
     [
         (with_("study", bogus=1), ["study.bogus", "unknown key"]),
         (with_("space", epochs=[8, 2]), ["space.epochs", "low 8 > high 2"]),
-        (with_("space", learning_rate=[0, 1e-3]), ["space", "learning_rate low must be > 0"]),
+        (
+            with_("space", learning_rate=[0, 1e-3]),
+            ["space.learning_rate", "low 0", "greater than 0"],
+        ),
+        (with_("space", learning_rate=[1e-5, 2]), ["space.learning_rate", "high 2", "less than 1"]),
+        (with_("space", focal_gamma=[0, float("inf")]), ["space.focal_gamma", "finite"]),
+        (with_("space", focal_alpha=[0, 4]), ["space.focal_alpha", "low 0", "greater than 0"]),
+        (with_("space", epochs=[1, 10**6]), ["space.epochs", "1000"]),
+        (with_("train", max_grad_norm=float("nan")), ["train.max_grad_norm", "finite"]),
         (with_("space", focal_gamma=[-1, 2]), ["space.focal_gamma.low", "greater than or equal"]),
         (with_("space", epochs=[0, 3]), ["space.epochs.low", "greater than 0"]),
         (with_("data", max_length="big"), ["data.max_length", "'big'"]),
@@ -66,3 +75,39 @@ def test_unreadable_yaml(tmp_path) -> None:
     path.write_text(yaml.safe_dump(["a", "list"]))
     with pytest.raises(BadInput, match="expected a mapping"):
         load_study_config(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        (
+            LAUGHS,
+            ["not valid YAML", "100,000"],
+        ),
+        ("a: &a [*a]\n", ["not valid YAML"]),
+        ("[" * 5000 + "]" * 5000, ["nested too deeply"]),
+    ],
+    ids=["billion-laughs", "recursive-alias", "deep-nesting"],
+)
+def test_yaml_input_is_bounded(tmp_path, text: str, words: list[str]) -> None:
+    path = tmp_path / "bomb.yaml"
+    path.write_text(text)
+    with pytest.raises(BadInput) as err:
+        load_study_config(path)
+    for word in words:
+        assert word in str(err.value)
+    assert len(str(err.value)) < 400
+
+
+def test_an_oversized_config_is_refused_before_parsing(tmp_path) -> None:
+    path = tmp_path / "big.yaml"
+    path.write_text("study: {name: x}\n" + "# padding\n" * 200_000)
+    with pytest.raises(BadInput, match="over the 1,048,576"):
+        load_study_config(path)
+
+
+def test_a_huge_value_is_quoted_short() -> None:
+    raw = with_("train", batch_size=[list(range(1000))] * 1000)
+    with pytest.raises(BadInput) as err:
+        parse_study_config(raw, "c.yaml")
+    assert "train.batch_size" in str(err.value) and len(str(err.value)) < 400
