@@ -8,6 +8,7 @@ without, the CPU threads are split between them.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -17,11 +18,13 @@ import time
 from dataclasses import dataclass
 
 import optuna
-import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from search.worker import counts
+from trainer.devices import VISIBLE, visible_gpus
+
+log = logging.getLogger(__name__)
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
@@ -32,26 +35,39 @@ class LaunchResult:
     seconds: float
 
 
-def worker_env(index: int, n_workers: int, url: str) -> dict[str, str]:
+def worker_env(index: int, n_workers: int, url: str, gpus: list[str]) -> dict[str, str]:
+    """Worker ``index``'s environment: one of the parent's own GPUs (``gpus``, as
+    CUDA_VISIBLE_DEVICES entries: 2,3 stays 2,3; UUIDs and MIG names pass through), or
+    its share of the CPU threads."""
     env = dict(os.environ, FOCALTUNE_STORAGE=url, TOKENIZERS_PARALLELISM="false")
-    gpus = torch.cuda.device_count()
     if gpus:
-        env["CUDA_VISIBLE_DEVICES"] = str(index % gpus)
+        env[VISIBLE] = gpus[index % len(gpus)]
     else:
         threads = max(1, (os.cpu_count() or 1) // n_workers)
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
     return env
 
 
+def share_gpus(n_workers: int) -> list[str]:
+    """The GPUs to hand out; a warning when workers must share them."""
+    gpus = visible_gpus()
+    if len(gpus) < n_workers and gpus:
+        log.warning(
+            f"{n_workers} workers on {len(gpus)} GPU(s): up to "
+            f"{-(-n_workers // len(gpus))} share each GPU's memory and time"
+        )
+    return gpus
+
+
 def start_workers(url: str, study: str, n: int, extra: list[str]) -> list[subprocess.Popen]:
-    procs = []
+    procs, gpus = [], share_gpus(n)
     for i in range(n):
         cmd = [sys.executable, "-m", "search.cli", "worker", "--study", study]
         cmd += ["--worker-index", str(i), *extra]
         procs.append(
             subprocess.Popen(
                 cmd,
-                env=worker_env(i, n, url),
+                env=worker_env(i, n, url, gpus),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 text=True,

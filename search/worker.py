@@ -22,7 +22,7 @@ import sqlalchemy.exc
 from optuna.trial import FrozenTrial, TrialState
 
 from search.config import StudyConfig
-from search.objective import TRIAL_ERRORS, make_objective
+from search.objective import TRIAL_ERRORS, free_memory, make_objective
 from search.reporting import make_trial_reporter
 from search.stop import StopSignals
 from search.study import load_existing, make_pruner, make_sampler, stored_config
@@ -147,6 +147,7 @@ def run_worker(
                 study.optimize(
                     guarded, n_trials=1, catch=(*TRIAL_ERRORS, BudgetReached), callbacks=[announce]
                 )
+                free_memory()  # here, once the trial's exception (if any) is gone
                 current.clear()  # finished: a later stop must not retry it
                 ran += 1
             except STORAGE_ERRORS as err:

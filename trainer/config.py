@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveInt
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    PositiveInt,
+    model_validator,
+)
 
 
 class Strict(BaseModel):
@@ -54,8 +61,22 @@ class TrainSettings(Strict):
     warmup_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     lr_scheduler: Literal["linear", "constant", "cosine"] = "linear"
     max_grad_norm: float = Field(1.0, gt=0.0, allow_inf_nan=False)
-    bf16: Literal["auto", "on", "off"] = Field("auto", description="auto = on when CUDA exists")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto",
+        description="mixed precision of training and inference; auto = bf16 on GPUs that "
+        "have it in hardware, fp16 (loss-scaled) on older GPUs, fp32 on CPU",
+    )
+    bf16: Literal["auto", "on", "off"] | None = Field(
+        None, description="deprecated: use precision (on = bf16, off = fp32)"
+    )
     group_by_length: bool = True
+
+    @model_validator(mode="after")
+    def _bf16_is_an_old_name_for_precision(self) -> TrainSettings:
+        if self.bf16 in ("on", "off") and self.precision == "auto":
+            # object.__setattr__: a validated assignment would run this validator again.
+            object.__setattr__(self, "precision", "bf16" if self.bf16 == "on" else "fp32")
+        return self
 
 
 class Hyperparams(Strict):

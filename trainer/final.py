@@ -25,6 +25,7 @@ from trainer import bundle
 from trainer.callbacks import EvalRecord
 from trainer.config import FinalConfig, ModelConfig, TrainConfig
 from trainer.data import Splits, load_labelled, load_splits
+from trainer.devices import training_precision
 from trainer.predict import predict_probs, progress_bar
 from trainer.report import (
     Ensemble,
@@ -109,12 +110,15 @@ def member_config(final: FinalConfig, index: int) -> TrainConfig:
 
 
 def _predict(model: Any, tokenizer: Any, texts: list[str], final: FinalConfig) -> np.ndarray:
+    # The precision the bundle records and `predict` serves with: figures measured here
+    # are those of the served bundle.
     return predict_probs(
         model,
         tokenizer,
         texts,
         max_length=final.data.max_length,
         batch_size=final.train.eval_batch_size,
+        precision=training_precision(final.train.precision),
     )
 
 

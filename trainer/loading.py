@@ -18,7 +18,9 @@ from transformers.utils import logging as hf_logging
 from trainer.errors import BadInput
 
 
-@functools.lru_cache(maxsize=2)
+# Unbounded: a worker only ever loads its study's backbones (``space.backbones``), and a
+# bound below their number would reload one from disk in nearly every trial.
+@functools.cache
 def _pretrained(name_or_path: str, num_labels: int) -> tuple[Any, Any, dict[str, torch.Tensor]]:
     verbosity = hf_logging.get_verbosity()
     # A backbone never has a classifier head, and ours carry an MLM head: transformers'

@@ -17,6 +17,7 @@ import numpy as np
 from trainer.bundle import MEMBERS
 from trainer.config import FinalConfig
 from trainer.data import Splits
+from trainer.devices import training_precision
 from trainer.ensemble import fit_prior_bias, fit_weights
 from trainer.metrics import classification_metrics
 from trainer.plots import class_distribution_png, confusion_matrix_png
@@ -141,6 +142,7 @@ def manifest_body(
         "bias": None if fitted is None else _floats(fitted.bias),
         "bias_applied": combo.bias is not None,
         "full_data": final.full_data,
+        "precision": training_precision(final.train.precision),
         "provenance": final.provenance,
     }
 

@@ -23,10 +23,13 @@ from transformers import (
     Trainer,
     TrainingArguments,
 )
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from trainer.callbacks import EvalHook, EvalRecord, EvalRecorder, EvalSchedule, eval_points
 from trainer.config import TrainConfig
 from trainer.data import Splits, load_splits
+from trainer.devices import Precision, describe_device, pin_one_gpu, training_precision
+from trainer.errors import BadInput
 from trainer.focal import focal_loss, normalise_alpha
 from trainer.loading import load_backbone
 from trainer.metrics import classification_metrics
@@ -48,6 +51,7 @@ class TrainResult:
     eval_seconds: float
     train_samples_per_second: float
     device: str
+    precision: Precision = "fp32"
     best_weights: dict | None = None
     model: Any = field(default=None, repr=False)
 
@@ -61,6 +65,7 @@ class TrainResult:
             "eval_seconds": round(self.eval_seconds, 3),
             "train_samples_per_second": round(self.train_samples_per_second, 2),
             "device": self.device,
+            "precision": self.precision,
             "evaluations": [
                 {"index": r.index, "epoch": round(r.epoch, 4), "step": r.step, **r.metrics}
                 for r in self.history
@@ -77,17 +82,22 @@ class FocalLossFunc:
     ``label_smoothing_factor`` is bypassed by a custom loss.
     """
 
+    # On a GPU, asking whether the loss is finite waits for the GPU; ask every N calls.
+    CHECK_EVERY = 16
+
     def __init__(self, gamma: float, alpha: torch.Tensor, label_smoothing: float) -> None:
         self.gamma, self.alpha, self.label_smoothing = gamma, alpha, label_smoothing
+        self._calls, self._finite = 0, None
 
     def __call__(self, outputs: Any, labels: torch.Tensor, num_items_in_batch: Any = None):
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
-        alpha = self.alpha.to(logits.device)
+        if self.alpha.device != logits.device:
+            self.alpha = self.alpha.to(logits.device)  # once per run, not per micro-step
         per_example = focal_loss(
             logits,
             labels,
             gamma=self.gamma,
-            alpha=alpha,
+            alpha=self.alpha,
             label_smoothing=self.label_smoothing,
             reduction="none",
         )
@@ -95,13 +105,21 @@ class FocalLossFunc:
             loss = per_example.mean()
         else:
             loss = per_example.sum() / num_items_in_batch
-        if not torch.isfinite(loss):
-            raise NonFiniteLoss(f"training loss is {loss.item()}; lower the learning rate")
+        self._check_finite(loss)
         return loss
+
+    def _check_finite(self, loss: torch.Tensor) -> None:
+        finite = torch.isfinite(loss.detach()).all()
+        self._finite = finite if self._finite is None else self._finite & finite
+        self._calls += 1
+        due = loss.device.type == "cpu" or self._calls % self.CHECK_EVERY == 0
+        if due and not bool(self._finite):
+            raise NonFiniteLoss("training loss became NaN or infinite; lower the learning rate")
 
 
 class InOrderEvalTrainer(Trainer):
-    """The Trainer, reading the eval set in the order given: longest first (``_encode``).
+    """The Trainer, reading the eval set in the order given: longest first (``_encode``),
+    and grouping training batches by the token counts cached with the encoding.
 
     Under ``group_by_length`` the Trainer groups eval batches too, in megabatches of
     min(n // (4 * batch), 50) batches: 1,000 eval rows in batches of 256 make one, so each
@@ -112,17 +130,22 @@ class InOrderEvalTrainer(Trainer):
     def _get_eval_sampler(self, eval_dataset: Any) -> SequentialSampler:
         return SequentialSampler(eval_dataset)
 
-
-def use_bf16(setting: str) -> bool:
-    if setting == "off" or not torch.cuda.is_available():
-        return setting == "on" and torch.cuda.is_available()
-    return torch.cuda.is_bf16_supported()
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        # The Trainer drops the `length` column (not a model input) before it builds the
+        # sampler, which then measures every row in Python (~60 us a row, each trial).
+        if self.args.train_sampling_strategy != "group_by_length":
+            return super()._get_train_sampler(train_dataset)
+        return LengthGroupedSampler(
+            self.args.train_batch_size * self.args.gradient_accumulation_steps,
+            lengths=list(self.train_dataset["length"]),
+        )
 
 
 def training_arguments(cfg: TrainConfig, out_dir: str) -> TrainingArguments:
     t, p = cfg.train, cfg.params
     cuda = torch.cuda.is_available()
-    return TrainingArguments(
+    precision = training_precision(t.precision)
+    args = TrainingArguments(
         output_dir=out_dir,
         num_train_epochs=p.epochs,
         learning_rate=p.learning_rate,
@@ -134,7 +157,8 @@ def training_arguments(cfg: TrainConfig, out_dir: str) -> TrainingArguments:
         lr_scheduler_type=t.lr_scheduler,
         max_grad_norm=t.max_grad_norm,
         seed=t.seed,
-        bf16=use_bf16(t.bf16),
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",  # the Trainer adds the loss scaler fp16 needs
         tf32=True if cuda and torch.cuda.get_device_capability()[0] >= 8 else None,
         use_cpu=not cuda,
         dataloader_pin_memory=cuda,
@@ -146,6 +170,12 @@ def training_arguments(cfg: TrainConfig, out_dir: str) -> TrainingArguments:
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         remove_unused_columns=True,
     )
+    if args.n_gpu > 1:  # `focaltune` commands pin one GPU first; this guards library use
+        raise BadInput(
+            f"{args.n_gpu} GPUs are visible to one training process, which would run them as "
+            "nn.DataParallel; set CUDA_VISIBLE_DEVICES to one GPU per process"
+        )
+    return args
 
 
 def _encode(splits: Splits, tokenizer: Any, cfg: TrainConfig) -> tuple[Any, Any]:
@@ -165,6 +195,34 @@ def longest_first(encoded: Any) -> Any:
     return encoded.select(np.argsort(-np.asarray(encoded["length"]), kind="stable"))
 
 
+def build_trainer(
+    cfg: TrainConfig,
+    splits: Splits,
+    scratch: str,
+    *,
+    compute_metrics: Any = None,
+    callbacks: list[Any] | None = None,
+) -> InOrderEvalTrainer:
+    """A Trainer for ``cfg`` on ``splits``: a fresh seeded model, the cached encodings."""
+    alpha = normalise_alpha(cfg.params.focal_alpha, splits.num_labels)
+    tokenizer, model = load_backbone(cfg.model.name_or_path, splits.num_labels, cfg.train.seed)
+    train_set, eval_set = _encode(splits, tokenizer, cfg)
+    # Tensor cores want dimensions in multiples of 8; on a CPU it would only add padding.
+    multiple = 8 if torch.cuda.is_available() else None
+    trainer = InOrderEvalTrainer(
+        model=model,
+        args=training_arguments(cfg, scratch),
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=multiple),
+        compute_loss_func=FocalLossFunc(cfg.params.focal_gamma, alpha, cfg.params.label_smoothing),
+        compute_metrics=compute_metrics,
+        callbacks=callbacks,
+    )
+    trainer.remove_callback(PrinterCallback)  # it prints every eval dict to stdout
+    return trainer
+
+
 def train_model(
     cfg: TrainConfig,
     *,
@@ -174,11 +232,8 @@ def train_model(
     splits: Splits | None = None,
 ) -> TrainResult:
     """Fine-tune ``cfg.model`` on ``cfg.data`` with the focal loss; evaluate on schedule."""
+    pin_one_gpu()  # before anything starts CUDA; a no-op once it has started
     splits = splits or load_splits(cfg.data)
-    alpha = normalise_alpha(cfg.params.focal_alpha, splits.num_labels)
-    tokenizer, model = load_backbone(cfg.model.name_or_path, splits.num_labels, cfg.train.seed)
-    train_set, eval_set = _encode(splits, tokenizer, cfg)
-
     last_metrics: dict[str, Any] = {}
 
     def compute_metrics(pred: Any) -> dict[str, float]:
@@ -188,26 +243,17 @@ def train_model(
         return {"accuracy": last_metrics["accuracy"]}  # the full dict goes to EvalRecorder
 
     recorder = EvalRecorder(lambda: dict(last_metrics), on_evaluate, keep_best_weights)
-    t = cfg.train
-    steps_per_epoch = math.ceil(len(train_set) / (t.batch_size * t.gradient_accumulation_steps))
-    schedule = EvalSchedule(eval_points(steps_per_epoch, cfg.params.epochs, t.evals_per_epoch))
     with tempfile.TemporaryDirectory(prefix="focaltune-run-") as scratch:
-        trainer = InOrderEvalTrainer(
-            model=model,
-            args=training_arguments(cfg, scratch),
-            train_dataset=train_set,
-            eval_dataset=eval_set,
-            data_collator=DataCollatorWithPadding(tokenizer),
-            compute_loss_func=FocalLossFunc(
-                cfg.params.focal_gamma, alpha, cfg.params.label_smoothing
-            ),
-            compute_metrics=compute_metrics,
-            callbacks=[schedule, recorder, *(callbacks or [])],
-        )
-        trainer.remove_callback(PrinterCallback)  # it prints every eval dict to stdout
+        trainer = build_trainer(cfg, splits, scratch, compute_metrics=compute_metrics)
+        t, n_train = cfg.train, len(trainer.train_dataset)
+        steps_per_epoch = math.ceil(n_train / (t.batch_size * t.gradient_accumulation_steps))
+        points = eval_points(steps_per_epoch, cfg.params.epochs, t.evals_per_epoch)
+        for callback in (EvalSchedule(points), recorder, *(callbacks or [])):
+            trainer.add_callback(callback)
         started = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - started
+    model = without_training_autocast(trainer.model)
     pure = max(seconds - recorder.eval_seconds, 1e-9)
     return TrainResult(
         history=recorder.history,
@@ -215,11 +261,27 @@ def train_model(
         label_names=splits.label_names,
         train_seconds=seconds,
         eval_seconds=recorder.eval_seconds,
-        train_samples_per_second=len(train_set) * cfg.params.epochs / pure,
-        device=str(trainer.args.device),
+        train_samples_per_second=n_train * cfg.params.epochs / pure,
+        device=describe_device(trainer.args.device),
+        precision=training_precision(cfg.train.precision),
         best_weights=recorder.best_weights,
         model=model,
     )
+
+
+def without_training_autocast(model: Any) -> Any:
+    """The model with the class's own ``forward`` back.
+
+    Under mixed precision accelerate sets an autocast wrapper as the instance's ``forward``;
+    left on, every later forward pass (``final`` choosing SWA, fitting the ensemble,
+    scoring the test set) would run in the training precision while ``predict`` serves
+    another. Whoever infers chooses the precision (``devices.inference_precision``).
+    accelerate's ``unwrap_model(keep_fp32_wrapper=False)`` would also strip transformers'
+    own decorators of ``forward``, so drop the instance attributes instead.
+    """
+    vars(model).pop("forward", None)
+    vars(model).pop("_original_forward", None)
+    return model
 
 
 def summarise(result: TrainResult) -> str:

@@ -23,7 +23,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--output", required=True, metavar="FILE", help="csv/tsv/jsonl (.gz ok) or parquet"
     )
     parser.add_argument(
-        "--batch-size", type=int_in(1, 65536), default=64, metavar="N", help="default: 64"
+        "--batch-size",
+        type=int_in(1, 65536),
+        default=None,
+        metavar="N",
+        help="default: 64 on a CPU, 256 on a GPU",
     )
     parser.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: auto"

@@ -2,25 +2,31 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import logging
 import signal
 import subprocess
 import sys
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import optuna
 import pytest
+import torch
 import yaml
 from optuna.trial import TrialState
+from transformers import TrainerCallback
 
 from search.config import load_study_config
 from search.study import create_study
-from search.worker import ahead_of
+from search.worker import ahead_of, run_worker
 from storage import open_storage
 from tests.search.conftest import ROOT, focaltune, start_worker
 from trainer.config import FinalConfig
+from trainer.train import NonFiniteLoss
 
 pytestmark = pytest.mark.slow
 
@@ -211,3 +217,84 @@ def test_optuna_cli_reads_the_study_and_export_validates(write_config, postgres_
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["finished"] == 2 and password not in status.stdout
     assert study.best_trial.number in final.provenance["trials"]
+
+
+class _Spy(TrainerCallback):
+    """Keeps weak references to each trial's model, optimizer and Trainer, notes which of
+    the earlier trials' objects are still alive when a trial starts, and ends trials 0-2
+    the three ways a trial ends early: pruned, diverged, and a CUDA out-of-memory error
+    (injected: there is no GPU here; torch raises the same exception type on one)."""
+
+    # Made at raise time: a stored exception would keep its traceback, and so the trial.
+    ENDINGS = (
+        lambda: optuna.TrialPruned("pruned by the test"),
+        lambda: NonFiniteLoss("injected NaN"),
+        lambda: torch.OutOfMemoryError("CUDA out of memory (injected by the test)"),
+    )
+
+    def __init__(self, refs: list, alive_at_start: list, trainers: list) -> None:
+        self.refs, self.alive_at_start, self.trainers = refs, alive_at_start, trainers
+
+    def before_build(self) -> None:
+        """Before a trial loads its model: on a GPU both would have to fit at once."""
+        self.alive_at_start.append([name for name, ref in self.refs if ref() is not None])
+
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kw) -> None:
+        trial = len(self.alive_at_start) - 1
+        self.refs += [
+            (f"model {trial}", weakref.ref(model)),
+            (f"trainer {trial}", self.trainers[-1]),
+        ]
+        self.trial = trial
+
+    def on_step_end(self, args, state, control, optimizer=None, **kw) -> None:
+        if state.global_step == 1:
+            self.refs.append((f"optimizer {self.trial}", weakref.ref(optimizer)))
+            if self.trial < len(self.ENDINGS):
+                raise self.ENDINGS[self.trial]()
+
+
+def test_pruned_failed_and_oom_trials_free_their_model_before_the_next_trial(
+    write_config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import search.objective
+    import trainer.train
+
+    url = f"sqlite:///{tmp_path / 'memory.db'}"
+    created(write_config, url, "memory", study={"n_trials": 4}, space={"epochs": [1, 1]})
+    refs, alive_at_start, trainers = [], [], []
+    spy = _Spy(refs, alive_at_start, trainers)
+    real_train, real_build = search.objective.train_model, trainer.train.build_trainer
+
+    def build(*args, **kwargs):
+        spy.before_build()
+        built = real_build(*args, **kwargs)
+        trainers.append(weakref.ref(built))
+        return built
+
+    def train(cfg, **kwargs):
+        return real_train(cfg, **{**kwargs, "callbacks": [*kwargs["callbacks"], spy]})
+
+    # pytest's log capture keeps every record, and Optuna logs a failed trial with its
+    # exc_info: the traceback, and so the trial's frames. A user's log handler formats and
+    # drops the record; so must the handlers of this test.
+    # (pytest hangs its handlers on non-propagating loggers such as Optuna's, too.)
+    for logger in (logging.getLogger(), logging.getLogger("optuna")):
+        kept = [h for h in logger.handlers if type(h).__name__ != "LogCaptureHandler"]
+        monkeypatch.setattr(logger, "handlers", kept)
+    monkeypatch.setattr(trainer.train, "build_trainer", build)
+    monkeypatch.setattr(search.objective, "train_model", train)
+    # Python's automatic collector runs whenever enough objects were allocated, which would
+    # free the cycles at some moment of the next trial, or not. Off, only the worker's own
+    # collection counts: the next trial must not start with the last one's memory held.
+    gc.disable()
+    try:
+        summary = run_worker(url, "memory", n_trials=4, echo=lambda line: None)
+    finally:
+        gc.enable()
+    assert summary.trials_run == 4
+    states_seen = [t.state for t in optuna.load_study(study_name="memory", storage=url).trials]
+    assert states_seen == [TrialState.PRUNED, TrialState.FAIL, TrialState.FAIL, TrialState.COMPLETE]
+    # Each trial starts with nothing of the earlier ones alive, and nothing outlives the last.
+    assert alive_at_start == [[], [], [], []]
+    assert [name for name, ref in refs if ref() is not None] == []

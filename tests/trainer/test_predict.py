@@ -11,9 +11,9 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from search.cli import main
-from trainer.bundle import save_member, write_manifest
+from trainer.bundle import load_bundle, save_member, write_manifest
 from trainer.errors import BadInput
-from trainer.predict import predict_file, predict_probs
+from trainer.predict import bundle_probs, predict_file, predict_probs
 
 LABELS = ["0", "1", "2", "3"]
 PROBS = [f"prob_{name}" for name in LABELS]
@@ -147,3 +147,20 @@ def test_unsupported_output_suffix_is_refused(bundle_dir: Path, reviews: Path, t
     with pytest.raises(BadInput, match="unsupported suffix"):
         predict_file(bundle_dir, reviews, tmp_path / "pred.xlsx", progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_bundles_inference_precision_is_the_one_predict_uses(member, reviews, tmp_path):
+    model, tokenizer = member
+    root = tmp_path / "bf16-bundle"
+    save_member(model, tokenizer, root / "members" / "m", LABELS)
+    data = {"text_column": "review", "label_column": "label", "id_column": "id", "max_length": 32}
+    body = {"label_names": LABELS, "data": data, "weights": [1.0], "precision": "bf16"}
+    write_manifest(root, body | {"members": [{"name": "m", "path": "members/m"}]} | {
+        "bias": None, "bias_applied": False})  # fmt: skip
+    texts = pd.read_csv(reviews)["review"].tolist()[:40]
+    served = bundle_probs(load_bundle(root), texts)
+    kwargs = {"max_length": 32, "batch_size": 64}
+    bf16 = predict_probs(model, tokenizer, texts, precision="bf16", **kwargs)
+    fp32 = predict_probs(model, tokenizer, texts, precision="fp32", **kwargs)
+    np.testing.assert_allclose(served, bf16, atol=1e-6)  # served in the recorded precision
+    assert np.abs(bf16 - fp32).max() > 1e-4  # ...which is observably not fp32

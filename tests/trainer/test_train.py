@@ -8,11 +8,19 @@ import numpy as np
 import pytest
 import torch
 from datasets import Dataset
-from transformers import BertConfig, BertForSequenceClassification, Trainer
+from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
 
 from trainer.config import DataConfig, Hyperparams, ModelConfig, TrainConfig, TrainSettings
+from trainer.data import load_splits
+from trainer.errors import BadInput
 from trainer.focal import normalise_alpha
-from trainer.train import FocalLossFunc, train_model, training_arguments
+from trainer.train import (
+    FocalLossFunc,
+    NonFiniteLoss,
+    build_trainer,
+    train_model,
+    training_arguments,
+)
 
 
 def _tiny_classifier() -> BertForSequenceClassification:
@@ -103,3 +111,72 @@ def test_tiny_backbone_beats_majority_class(tiny_backbone, nsmc_csv) -> None:
     assert [r.index for r in seen] == [1, 2, 3, 4]  # 2 epochs x 2 evaluations, hook saw each
     assert result.best.accuracy > majority + 0.02
     json.dumps(result.to_json())  # metrics must be JSON-serialisable
+
+
+def _small_config(tiny_backbone, nsmc_csv, tmp_path, **train) -> TrainConfig:
+    return TrainConfig(
+        data=DataConfig(
+            train=str(nsmc_csv(300)),
+            validation=str(nsmc_csv(100, offset=5000)),
+            max_length=32,
+            cache_dir=str(tmp_path / "cache"),
+        ),
+        model=ModelConfig(name_or_path=str(tiny_backbone)),
+        train=TrainSettings(batch_size=32, **train),
+        params=Hyperparams(learning_rate=2e-3, epochs=1),
+    )
+
+
+def test_length_grouped_sampler_uses_the_cached_lengths(tiny_backbone, nsmc_csv, tmp_path):
+    cfg = _small_config(tiny_backbone, nsmc_csv, tmp_path)
+    trainer = build_trainer(cfg, load_splits(cfg.data), str(tmp_path / "run"))
+    # Stand-in lengths that are not the token counts: a sampler that measured each row
+    # itself (the Trainer's own path, ~60 us a row) would not return these.
+    fake = [1000 + i for i in range(len(trainer.train_dataset))]
+    trainer.train_dataset = trainer.train_dataset.remove_columns("length").add_column(
+        "length", fake
+    )
+    # The loader the Trainer trains with (it drops the `length` column on the way).
+    sampler = trainer.get_train_dataloader().batch_sampler.sampler
+    assert sampler.lengths == fake
+
+
+def test_a_trained_model_comes_back_without_the_training_autocast(
+    tiny_backbone, nsmc_csv, tmp_path, monkeypatch
+):
+    # No GPU here: bf16 autocast is forced on the CPU, where accelerate patches `forward`
+    # the same way it does on a GPU.
+    monkeypatch.setattr("trainer.train.training_precision", lambda setting: "bf16")
+    cfg = _small_config(tiny_backbone, nsmc_csv, tmp_path)
+    result = train_model(cfg)
+    assert result.precision == "bf16"
+    model = result.model.eval()
+    forward = getattr(model.forward, "__func__", None)
+    assert forward is type(model).forward, "accelerate's autocast wrapper is still on forward"
+    fresh = type(model)(model.config).eval()
+    fresh.load_state_dict(model.state_dict())
+    ids = torch.randint(5, 100, (4, 16))
+    with torch.inference_mode():
+        got, want = model(input_ids=ids).logits, fresh(input_ids=ids).logits
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want)  # bf16 would differ by ~1e-2
+
+
+def test_more_than_one_gpu_in_one_process_is_refused(monkeypatch, tmp_path):
+    # Two visible GPUs are injected: the Trainer's n_gpu (DataParallel) is what we refuse.
+    monkeypatch.setattr(TrainingArguments, "n_gpu", property(lambda self: 2))
+    cfg = TrainConfig(data=DataConfig(train="x.csv"), model=ModelConfig(name_or_path="x"))
+    with pytest.raises(BadInput, match="2 GPUs are visible to one training process"):
+        training_arguments(cfg, str(tmp_path))
+
+
+def test_a_nan_loss_is_caught_and_alpha_moves_to_the_device_once() -> None:
+    loss = FocalLossFunc(2.0, normalise_alpha([1, 2, 1, 0.5], 4), 0.0)
+    logits, labels = torch.randn(8, 4), torch.randint(0, 4, (8,))
+    assert torch.isfinite(loss({"logits": logits}, labels, torch.tensor(8)))
+    alpha = loss.alpha
+    loss({"logits": logits}, labels, torch.tensor(8))
+    assert loss.alpha is alpha  # not copied again on the next micro-step
+    logits[0, 0] = float("nan")
+    with pytest.raises(NonFiniteLoss, match="NaN or infinite"):
+        loss({"logits": logits}, labels, torch.tensor(8))
