@@ -72,3 +72,25 @@ def postgres(tmp_path_factory: pytest.TempPathFactory):
 def postgres_url(postgres, request: pytest.FixtureRequest) -> str:
     """A fresh, empty database on the session's server, one per test."""
     return postgres.create_database(f"t_{abs(hash(request.node.nodeid)) % 10**9}")
+
+
+def stub_backbone(folder: Path) -> Path:
+    """A real but untrained 1-layer BERT with a character vocabulary, saved to ``folder``.
+
+    For tests whose trials never train (their logits are drawn) but whose study must pass
+    `study create`'s checks: the backbone loads offline and fits ``max_length``.
+    """
+    from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
+
+    if (folder / "config.json").exists():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"abcdefghijklmnopqrstuvwxyz"]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
+    config = BertConfig(
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=512,
+    )  # fmt: skip
+    BertForMaskedLM(config).save_pretrained(folder)
+    return folder

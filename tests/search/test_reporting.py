@@ -26,7 +26,7 @@ from search.reporting import ReportingError, artifact_dir, make_trial_reporter, 
 from search.space import suggest
 from search.study import create_study, stored_config
 from storage import open_storage
-from tests.conftest import read_nsmc
+from tests.conftest import read_nsmc, stub_backbone
 from trainer.callbacks import EvalRecord
 from trainer.errors import BadInput
 from trainer.metrics import classification_metrics
@@ -39,7 +39,7 @@ def study_config(train: Path, name: str = "watch", **tracking: object) -> StudyC
     raw = {
         "study": {"name": name},
         "data": {"train": str(train), "labels": KOREAN},
-        "model": {"name_or_path": "unused-backbone"},
+        "model": {"name_or_path": str(stub_backbone(Path(train).parent / "stub-backbone"))},
         "tracking": tracking,
     }
     return parse_study_config(raw, "test config")
