@@ -147,6 +147,7 @@ def test_bundle_holds_every_member_and_the_sha256_of_every_file(bundle):
     assert [m["seed"] for m in manifest["members"]] == [m.seed for m in cfg.members]
     assert manifest["provenance"] == cfg.provenance
     assert manifest["label_names"] == ["0", "1", "2", "3"]
+    assert manifest["precision"] == "fp32"  # what final measured with, predict serves with
     assert [p.name for p in out.parent.iterdir()] == ["final"]  # no staging folder left
 
 
