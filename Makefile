@@ -61,7 +61,7 @@ clean:
 	rm -rf $(VENV) runs .pytest_cache
 
 db-up: install
-	$(BIN)/python -m storage.postgres up
+	$(BIN)/python -m tools.postgres up
 
 db-down: install
-	$(BIN)/python -m storage.postgres down
+	$(BIN)/python -m tools.postgres down

@@ -134,7 +134,7 @@ def run_orchestration(
     base: StudyConfig, work: Path, *, filled: int, trials: int, trial_seconds: float
 ) -> dict[str, Any]:
     """``measure`` on a fresh SQLite file and on a fresh local PostgreSQL database."""
-    from storage.postgres import LocalPostgres, LocalPostgresError
+    from tools.postgres import LocalPostgres, LocalPostgresError
 
     kw = {"filled": filled, "trials": trials, "trial_seconds": trial_seconds}
     shutil.rmtree(work, ignore_errors=True)

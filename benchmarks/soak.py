@@ -32,7 +32,8 @@ sys.path.insert(0, str(ROOT))  # run as a script: the product's packages sit bes
 
 from search.config import load_study_config  # noqa: E402
 from search.study import create_study  # noqa: E402
-from storage import LocalPostgres, open_storage  # noqa: E402
+from storage import open_storage  # noqa: E402
+from tools.postgres import LocalPostgres  # noqa: E402
 from trainer.backbone import build_backbone  # noqa: E402
 
 STUDY = "soak"

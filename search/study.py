@@ -70,7 +70,7 @@ def preflight(data: DataConfig, backbones: dict[str, str], tracking: TrackingCon
     """What every trial will need beyond the data, checked once before anything is made:
     each backbone (``key -> name``) loadable and long enough for ``data.max_length``, and the
     folders trials write (token cache, artifacts, W&B) writable."""
-    from trainer.backbone import check_backbone  # torch: only for the commands that train
+    from trainer.loading import check_backbone  # torch: only for the commands that train
     from trainer.tokens import cache_root
 
     for key, name in backbones.items():

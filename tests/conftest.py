@@ -62,7 +62,7 @@ def tiny_backbone(tmp_path_factory: pytest.TempPathFactory, nsmc_csv) -> Path:
 @pytest.fixture(scope="session")
 def postgres(tmp_path_factory: pytest.TempPathFactory):
     """A real PostgreSQL server on 127.0.0.1, started once for the test session."""
-    from storage.postgres import LocalPostgres
+    from tools.postgres import LocalPostgres
 
     with LocalPostgres(tmp_path_factory.mktemp("pg")) as server:
         yield server

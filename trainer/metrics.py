@@ -95,3 +95,9 @@ def _safe_divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
 
 def _floats(values: np.ndarray) -> list[float]:
     return [float(v) for v in values]
+
+
+def probs_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """Classification metrics of probabilities (rather than logits)."""
+    # log p are valid logits: softmax(log p) = p, so the NLL is that of the probabilities.
+    return classification_metrics(np.log(np.clip(probs, 1e-15, 1.0)), labels, probs.shape[1])

@@ -6,7 +6,7 @@ import argparse
 
 from search.commands.common import int_in
 from search.files import check_output
-from trainer.predict import predict_file
+from trainer.final.predict import predict_file
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -166,7 +166,7 @@ def bundle_template(tmp_path_factory: pytest.TempPathFactory, tiny_backbone: Pat
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from trainer.bundle import save_member, write_manifest
+    from trainer.final.bundle import save_member, write_manifest
 
     root = tmp_path_factory.mktemp("bundle") / "bundle"
     torch.manual_seed(0)

@@ -35,7 +35,7 @@ from tests.reliability.conftest import (
     run_measured,
 )
 from tests.search.conftest import ROOT
-from trainer.bundle import write_manifest
+from trainer.final.bundle import write_manifest
 
 SECRET = "Hunter2-never-shown"  # the password of every URL these cases write
 Setup = Callable[[Workspace], list[str]]

@@ -21,10 +21,10 @@ import pytest
 from optuna.trial import FrozenTrial, TrialState
 
 from benchmarks.soak import keeps_params
-from storage.postgres import LocalPostgres
 from tests.reliability.conftest import new_study
 from tests.search.conftest import start_worker
 from tests.search.test_worker import finish, states
+from tools.postgres import LocalPostgres
 
 pytestmark = pytest.mark.slow
 TINY = {"pruner": {"type": "none"}}  # no pruning: every trial's end is the fault's doing

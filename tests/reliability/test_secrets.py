@@ -26,7 +26,7 @@ import yaml
 from storage import open_storage
 from tests.reliability.conftest import assert_refused, cli, free_port
 from tests.search.conftest import ROOT
-from trainer.bundle import MANIFEST, write_manifest
+from trainer.final.bundle import MANIFEST, write_manifest
 
 COMMANDS = ("study", "worker", "launch", "status", "export", "dashboard", "predict", "final")
 

@@ -14,7 +14,7 @@ import sqlalchemy.exc
 from storage import open_storage
 from storage.errors import BadStorage, StorageUnreachable
 from storage.outage import is_connection_error, wait_for_storage
-from storage.postgres import LocalPostgres
+from tools.postgres import LocalPostgres
 
 pytestmark = pytest.mark.postgres
 

@@ -15,8 +15,8 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
-from storage.postgres import LocalPostgres, LocalPostgresError
 from storage.rdb import open_storage
+from tools.postgres import LocalPostgres, LocalPostgresError
 
 pytestmark = pytest.mark.postgres
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,7 +45,7 @@ def connect(url: str, **overrides: object) -> psycopg.Connection:
 
 
 def run_cli(action: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "storage.postgres", action]
+    command = [sys.executable, "-m", "tools.postgres", action]
     env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"}
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
 

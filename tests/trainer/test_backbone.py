@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from trainer.backbone import build_backbone, mlm_loss, read_texts
+from trainer.backbone.build import build_backbone, mlm_loss, read_texts
 from trainer.errors import BadInput
 
 TINY = {"vocab_size": 1000, "layers": 1, "hidden": 32, "heads": 2, "max_length": 32}
@@ -183,7 +183,7 @@ def test_failure_midway_leaves_no_half_made_folder(
     def crash(*args: object, **kwargs: object) -> None:
         raise OSError("no space left on device")
 
-    monkeypatch.setattr("trainer.backbone.BertForMaskedLM.save_pretrained", crash)
+    monkeypatch.setattr("trainer.backbone.build.BertForMaskedLM.save_pretrained", crash)
     with pytest.raises(OSError, match="no space left"):
         build_backbone(nsmc_csv(50), tmp_path / "out", **TINY)
     assert list(tmp_path.iterdir()) == []

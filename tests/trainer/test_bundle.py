@@ -10,7 +10,8 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from trainer.bundle import (
+from trainer.errors import BadInput
+from trainer.final.bundle import (
     MANIFEST,
     check_destination,
     load_bundle,
@@ -21,7 +22,6 @@ from trainer.bundle import (
     verify_bundle,
     write_manifest,
 )
-from trainer.errors import BadInput
 
 LABELS = ["0", "1", "2", "3"]
 

@@ -18,8 +18,6 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from search.cli import main
 from search.export import to_yaml
-from trainer.bundle import MANIFEST, load_bundle
-from trainer.callbacks import EvalRecord
 from trainer.config import (
     DataConfig,
     EnsembleConfig,
@@ -30,11 +28,12 @@ from trainer.config import (
     TrainSettings,
 )
 from trainer.data import load_splits
-from trainer.ensemble import apply_bias, fit_prior_bias
 from trainer.errors import BadInput
-from trainer.final import MemberRun, run_final
-from trainer.predict import bundle_probs, combine, predict_probs
-from trainer.report import fit_ensemble, probs_metrics
+from trainer.final import run_final
+from trainer.final.bundle import MANIFEST, load_bundle
+from trainer.final.ensemble import apply_bias, combine, fit_ensemble, fit_prior_bias
+from trainer.final.predict import bundle_probs, predict_probs
+from trainer.metrics import probs_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 PROBS = [f"prob_{k}" for k in range(4)]
@@ -90,9 +89,10 @@ def test_ensemble_of_identical_members_equals_one_member(tiny_backbone, nsmc_csv
     model = AutoModelForSequenceClassification.from_pretrained(tiny_backbone, num_labels=4)
     tokenizer = AutoTokenizer.from_pretrained(tiny_backbone)
     probs = predict_probs(model, tokenizer, splits.eval_texts, max_length=32)
-    record = EvalRecord(1, 1.0, 10, {})
-    runs = [MemberRun(f"m{i}", i, record, [1.0], {}, "swa", probs.copy()) for i in range(3)]
-    ensemble = fit_ensemble(cfg, runs, splits, None)
+    prior = splits.label_distribution("train")
+    ensemble = fit_ensemble(
+        cfg.ensemble, [probs.copy() for _ in range(3)], splits.eval_labels, prior
+    )
     one = probs_metrics(probs, splits.eval_labels)
     for name in ("uniform", "tuned"):
         np.testing.assert_allclose(ensemble.variants[name].weights, 1 / 3)
@@ -102,7 +102,6 @@ def test_ensemble_of_identical_members_equals_one_member(tiny_backbone, nsmc_csv
         assert ensemble.validation[name]["nll"] == pytest.approx(one["nll"], rel=1e-12)
     # The prior bias is fitted by an iterative solver, which can turn an ulp of difference in
     # its input into more than an ulp in its output: give it the very input fit_ensemble does.
-    prior = splits.label_distribution("train")
     mixed = combine([probs] * 3, ensemble.variants["uniform"].weights, None)
     expected = probs_metrics(apply_bias(mixed, fit_prior_bias(mixed, prior)), splits.eval_labels)
     assert ensemble.validation["uniform+prior"]["nll"] == pytest.approx(expected["nll"], rel=1e-12)

@@ -11,9 +11,9 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from search.cli import main
-from trainer.bundle import load_bundle, save_member, write_manifest
 from trainer.errors import BadInput
-from trainer.predict import bundle_probs, predict_file, predict_probs
+from trainer.final.bundle import load_bundle, save_member, write_manifest
+from trainer.final.predict import bundle_probs, predict_file, predict_probs
 
 LABELS = ["0", "1", "2", "3"]
 PROBS = [f"prob_{name}" for name in LABELS]

@@ -20,11 +20,11 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from trainer.bundle import Bundle, load_bundle, load_member
 from trainer.data import INT_LIKE
 from trainer.devices import Precision, inference_precision
-from trainer.ensemble import apply_bias, average_probs
 from trainer.errors import BadInput
+from trainer.final.bundle import Bundle, load_bundle, load_member
+from trainer.final.ensemble import combine
 from trainer.tables import read_table
 
 WRITERS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".parquet": "parquet"}
@@ -101,14 +101,6 @@ def padded(encoded: Any, index: np.ndarray, tokenizer: Any) -> dict[str, torch.T
                 values[r, : len(seq)] = seq
         batch[key] = torch.from_numpy(values)
     return batch
-
-
-def combine(
-    member_probs: Sequence[np.ndarray], weights: Sequence[float], bias: Sequence[float] | None
-) -> np.ndarray:
-    """The ensemble's probabilities: weighted mean of members, then the prior bias if any."""
-    mixed = average_probs(member_probs, weights)
-    return mixed if bias is None else apply_bias(mixed, np.asarray(bias))
 
 
 def bundle_probs(

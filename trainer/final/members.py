@@ -1,16 +1,12 @@
-"""Final training: each member with its own seed, SWA per member, the ensemble, the bundle.
-
-``run_final`` is what ``focaltune final`` does. Members are trained one after the other
-and written to the staging bundle as soon as they are done, so only one model is in
-memory. Everything measured goes to ``report.json``; ``ensemble.json`` gets only what
-``predict`` needs plus provenance.
+"""One ensemble member: trained with its own seed, best-epoch weights against SWA of the
+last K epochs on validation, the better kept; and, in full-data mode, retrained on
+train + validation keeping the same kind of weights.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,20 +17,13 @@ import torch
 from rich.progress import Progress
 from transformers import AutoTokenizer, TrainerCallback
 
-from trainer import bundle
 from trainer.callbacks import EvalRecord
 from trainer.config import FinalConfig, ModelConfig, TrainConfig
-from trainer.data import Splits, load_labelled, load_splits
+from trainer.data import Splits
 from trainer.devices import training_precision
-from trainer.predict import predict_probs, progress_bar
-from trainer.report import (
-    Ensemble,
-    build_report,
-    fit_ensemble,
-    manifest_body,
-    probs_metrics,
-    write_report,
-)
+from trainer.final import bundle
+from trainer.final.predict import predict_probs
+from trainer.metrics import probs_metrics
 from trainer.swa import LastK, snapshot
 from trainer.train import train_model
 
@@ -240,53 +229,3 @@ def retrain_full(
     )
     run.seconds["full_data_train"] = time.perf_counter() - started
     _free(result)
-
-
-def _load_test(final: FinalConfig, splits: Splits) -> LabelledSet | None:
-    if not final.data.test:
-        return None
-    texts, labels = load_labelled(final.data.test, final.data, splits.label_names, what="data.test")
-    return LabelledSet(texts, labels)
-
-
-def _train_all(
-    final: FinalConfig, splits: Splits, test: LabelledSet | None, staging: Path, progress: bool
-) -> tuple[list[MemberRun], Ensemble]:
-    folders = [staging / bundle.MEMBERS / f"member-{i + 1}" for i in range(len(final.members))]
-    with progress_bar(progress) as bar:
-        runs = [
-            train_member(final, i, splits, test, None if final.full_data else folders[i], bar)
-            for i in range(len(final.members))
-        ]
-        started = time.perf_counter()
-        ensemble = fit_ensemble(final, runs, splits, test)
-        ensemble.seconds = time.perf_counter() - started
-        if final.full_data:
-            for run in runs:
-                retrain_full(final, run, splits, test, folders[run.index], bar)
-            # Test probabilities now come from the retrained members: score them again.
-            ensemble.score_test(runs, test)
-    return runs, ensemble
-
-
-def run_final(
-    final: FinalConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True
-) -> dict[str, Any]:
-    """Train the members, SWA, ensemble; write the bundle to ``out``; return the report."""
-    out = Path(out)
-    bundle.check_destination(out, overwrite)  # fail before hours of training, not after
-    started = time.perf_counter()
-    splits = load_splits(final.data)
-    test = _load_test(final, splits)
-    staging = bundle.staging_dir(out)
-    try:
-        runs, ensemble = _train_all(final, splits, test, staging, progress)
-        report = build_report(final, splits, runs, ensemble, test)
-        report["timings"]["total"] = time.perf_counter() - started
-        write_report(staging, report)
-        bundle.write_manifest(staging, manifest_body(final, runs, ensemble, splits.label_names))
-        bundle.publish(staging, out, overwrite)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return report

@@ -1,6 +1,6 @@
 """A real, local PostgreSQL server for development and tests.
 
-``python -m storage.postgres up`` (``make db-up``) starts one with its state in
+``python -m tools.postgres up`` (``make db-up``) starts one with its state in
 ``./.focaltune-pg/`` and prints its storage URL; ``... down`` (``make db-down``) stops it.
 It listens on 127.0.0.1 only, with password (scram-sha-256) login for the superuser
 ``focaltune``. PostgreSQL refuses to run as root, so then it runs as the ``postgres`` user.
@@ -272,7 +272,7 @@ def _bind(port: int = 0) -> int | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m storage.postgres",
+        prog="python -m tools.postgres",
         description="Start or stop a local PostgreSQL for focaltune (state in ./.focaltune-pg).",
     )
     parser.add_argument("action", choices=["up", "down"], help="up: start, print URL; down: stop")
@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"no PostgreSQL server running in {server.root}", file=sys.stderr)
     except LocalPostgresError as err:
-        print(f"storage.postgres: error: {err}", file=sys.stderr)
+        print(f"tools.postgres: error: {err}", file=sys.stderr)
         return 1
     return 0
 

@@ -15,15 +15,14 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import torch
 from transformers import BertConfig, BertForMaskedLM, PreTrainedTokenizerFast, set_seed
 
+from trainer.backbone.mlm import MlmSettings, mlm_loss, pretrain_mlm
+from trainer.backbone.wordpiece import MIN_VOCAB, train_tokenizer, unk_rate
 from trainer.errors import BadInput
-from trainer.mlm import MlmSettings, mlm_loss, pretrain_mlm
-from trainer.wordpiece import MIN_VOCAB, train_tokenizer, unk_rate
 
 log = logging.getLogger(__name__)
 
@@ -247,79 +246,4 @@ def _pretrain(
     return loss
 
 
-# Position slots a model family reserves before the first token (RoBERTa-style models count
-# positions from padding_idx + 1), so the longest input is max_position_embeddings minus this.
-POSITION_OFFSET = {"roberta": 2, "xlm-roberta": 2, "camembert": 2, "longformer": 2}
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-
-
-def max_input_length(config: Any) -> int | None:
-    """The most tokens ``config``'s absolute position embeddings hold; None when unbounded."""
-    positions = getattr(config, "max_position_embeddings", None)
-    if not isinstance(positions, int) or positions <= 0:
-        return None
-    if getattr(config, "position_embedding_type", "absolute") != "absolute":
-        return None
-    return positions - POSITION_OFFSET.get(getattr(config, "model_type", ""), 0)
-
-
-def check_backbone(name_or_path: str, key: str, max_length: int) -> None:
-    """What every trial will need of a backbone, checked once without loading its weights.
-
-    A local folder must exist and hold weights; config and tokenizer must load (from the
-    folder, the Hub cache, or the Hub when it is reachable); the architecture must have a
-    sequence-classification head; ``max_length`` must fit its position embeddings.
-    """
-    from transformers import AutoConfig, AutoTokenizer
-    from transformers.models.auto.modeling_auto import (
-        MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES as CLASSIFIERS,
-    )
-
-    path = Path(name_or_path).expanduser()
-    local = path.is_dir()
-    if not local and (path.is_absolute() or name_or_path.startswith((".", "~"))):
-        raise BadInput(
-            f"{key} {name_or_path!r}: no such folder; build one with `focaltune backbone build` "
-            "or give a Hub model name"
-        )
-    if local and not any((path / name).is_file() for name in WEIGHT_FILES):
-        raise BadInput(
-            f"{key} {name_or_path!r}: the folder has no weights ({', '.join(WEIGHT_FILES)}); "
-            "give a backbone folder written by `focaltune backbone build` or save_pretrained"
-        )
-    try:
-        config = AutoConfig.from_pretrained(name_or_path)
-        AutoTokenizer.from_pretrained(name_or_path)
-    except (OSError, ValueError, KeyError) as err:
-        raise BadInput(
-            f"{key} {name_or_path!r} cannot be loaded ({_first_line(err)}); give a local "
-            "backbone folder (focaltune backbone build) or a Hub model name reachable from "
-            "this machine (or already in its Hugging Face cache)"
-        ) from None
-    if config.model_type not in CLASSIFIERS:
-        raise BadInput(
-            f"{key} {name_or_path!r} is a {config.model_type!r} model, which has no "
-            "sequence-classification head in transformers; choose an encoder such as BERT"
-        )
-    longest = max_input_length(config)
-    if longest is not None and max_length > longest:
-        raise BadInput(
-            f"data.max_length {max_length} exceeds the {longest} positions of {key} "
-            f"{name_or_path!r}; lower data.max_length to {longest} or less"
-        )
-
-
-def _first_line(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return (lines[0] if lines else type(err).__name__)[:200]
-
-
-__all__ = [
-    "BackboneSettings",
-    "build_backbone",
-    "check_backbone",
-    "make_model",
-    "max_input_length",
-    "mlm_loss",
-    "read_texts",
-]
+__all__ = ["BackboneSettings", "build_backbone", "make_model", "mlm_loss", "read_texts"]

@@ -1,4 +1,5 @@
-"""The ensemble's variants (uniform/tuned weights, with/without prior bias) and the report.
+"""What `final` writes besides the weights: ``report.json``, ``report.md``, the two PNGs, and
+the body of ``ensemble.json``. It renders what was measured; it decides nothing.
 
 Tuned weights and the prior bias are fitted on the same validation set that picks them,
 so their validation figures are optimistic; uniform is always reported beside them, and
@@ -8,106 +9,27 @@ the test set (when configured) is the honest comparison.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from trainer.bundle import MEMBERS
 from trainer.config import FinalConfig
 from trainer.data import Splits
 from trainer.devices import training_precision
-from trainer.ensemble import fit_prior_bias, fit_weights
-from trainer.metrics import classification_metrics
+from trainer.final.bundle import MEMBERS
+from trainer.final.ensemble import Ensemble
+from trainer.metrics import probs_metrics
 from trainer.plots import class_distribution_png, confusion_matrix_png
-from trainer.predict import combine
 
 if TYPE_CHECKING:
-    from trainer.final import LabelledSet, MemberRun
+    from trainer.final.members import LabelledSet, MemberRun
 
 FULL_DATA_NOTE = (
     "The bundle's members were retrained on train + validation. Validation figures (and the "
     "ensemble weights and bias) come from the train-only pass; test figures are of the "
     "retrained members."
 )
-
-
-def probs_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
-    """Classification metrics of probabilities (rather than logits)."""
-    # log p are valid logits: softmax(log p) = p, so the NLL is that of the probabilities.
-    return classification_metrics(np.log(np.clip(probs, 1e-15, 1.0)), labels, probs.shape[1])
-
-
-@dataclass
-class Combo:
-    weights: np.ndarray
-    bias: np.ndarray | None
-
-
-@dataclass
-class Ensemble:
-    """Every variant's weights/bias and metrics; ``chosen`` is the one the bundle serves."""
-
-    variants: dict[str, Combo]
-    chosen: str
-    weights_source: str
-    validation: dict[str, dict[str, Any]]
-    test: dict[str, dict[str, Any]] = field(default_factory=dict)
-    seconds: float = 0.0
-
-    def score_test(self, runs: list[MemberRun], test: LabelledSet | None) -> None:
-        if test is None or any(run.test_probs is None for run in runs):
-            return
-        probs = [run.test_probs for run in runs]
-        for name, combo in self.variants.items():
-            self.test[name] = probs_metrics(combine(probs, combo.weights, combo.bias), test.labels)
-
-
-def _variants(
-    probs: list[np.ndarray], labels: np.ndarray, prior: np.ndarray, correct: bool
-) -> dict[str, Combo]:
-    n = len(probs)
-    variants = {
-        "uniform": Combo(np.full(n, 1.0 / n), None),
-        "tuned": Combo(fit_weights(probs, labels), None),
-    }
-    # The bias needs every class in the prior (a zero share has no finite log).
-    if correct and np.all(prior > 0):
-        for name in ("uniform", "tuned"):
-            weights = variants[name].weights
-            bias = fit_prior_bias(combine(probs, weights, None), prior)
-            variants[f"{name}+prior"] = Combo(weights, bias)
-    return variants
-
-
-def fit_ensemble(
-    final: FinalConfig, runs: list[MemberRun], splits: Splits, test: LabelledSet | None
-) -> Ensemble:
-    """Fit every variant on validation and pick the one the bundle serves.
-
-    The weights are the configured kind (``ensemble.weights``); the prior bias is added when
-    ``ensemble.prior_correction`` is on and it does not lower validation accuracy.
-    """
-    probs = [run.eval_probs for run in runs]
-    prior = splits.label_distribution("train")
-    variants = _variants(probs, splits.eval_labels, prior, final.ensemble.prior_correction)
-    validation = {
-        name: probs_metrics(combine(probs, c.weights, c.bias), splits.eval_labels)
-        for name, c in variants.items()
-    }
-    chosen = final.ensemble.weights
-    corrected = f"{chosen}+prior"
-    if corrected in validation and (
-        validation[corrected]["accuracy"] >= validation[chosen]["accuracy"]
-    ):
-        chosen = corrected
-    source = "tuned on validation (minimum log-loss)" if "tuned" in chosen else "uniform"
-    if final.full_data and "tuned" in chosen:
-        source += " in the train-only pass"
-    ensemble = Ensemble(variants, chosen, source, validation)
-    ensemble.score_test(runs, test)
-    return ensemble
 
 
 def _floats(values: np.ndarray | None) -> list[float] | None:

@@ -1,25 +1,26 @@
-"""Ensembling class probabilities: averaging, weights fitted on validation, prior bias.
+"""The ensemble, all of it: average the members' probabilities, fit weights and a prior
+bias on validation, and choose the variant the bundle serves.
 
-Everything here works on numpy arrays of shape (n_examples, n_classes); no torch.
+Everything here works on numpy arrays of shape (n_examples, n_classes); no torch, and no
+knowledge of how the members were trained.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from scipy.optimize import minimize
+from scipy.special import softmax
+
+from trainer.config import EnsembleConfig
+from trainer.metrics import probs_metrics
 
 # Probabilities are clipped to this before a log, so a confident miss costs ~34.5 nats
 # instead of an infinite loss that would stop the optimiser.
 _EPS = 1e-15
-
-
-def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Numerically stable softmax along ``axis``."""
-    shifted = logits - np.max(logits, axis=axis, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / np.sum(exp, axis=axis, keepdims=True)
 
 
 def _stack(probs: Sequence[np.ndarray]) -> np.ndarray:
@@ -73,14 +74,6 @@ def _check_labels(labels: np.ndarray, n_examples: int, n_classes: int) -> np.nda
             f"0..{n_classes - 1}; map labels to class indices first"
         )
     return y
-
-
-def log_loss(probs: np.ndarray, labels: np.ndarray) -> float:
-    """Mean negative log-probability of the true class (natural log)."""
-    p = np.asarray(probs, dtype=np.float64)
-    y = _check_labels(labels, p.shape[0], p.shape[1])
-    picked = p[np.arange(len(y)), y]
-    return float(-np.mean(np.log(np.clip(picked, _EPS, 1.0))))
 
 
 def fit_weights(probs: Sequence[np.ndarray], labels: np.ndarray) -> np.ndarray:
@@ -143,7 +136,7 @@ def fit_prior_bias(
     log_p = np.log(np.clip(p, _EPS, 1.0))
     bias = np.zeros(p.shape[1])
     for _ in range(iters):
-        mean = softmax(log_p + bias).mean(axis=0)
+        mean = softmax(log_p + bias, axis=1).mean(axis=0)
         step = np.log(target) - np.log(np.clip(mean, _EPS, None))
         bias += step
         if np.max(np.abs(step)) < 1e-10:
@@ -154,4 +147,84 @@ def fit_prior_bias(
 def apply_bias(probs: np.ndarray, bias: np.ndarray) -> np.ndarray:
     """Probabilities after adding ``bias`` to their logs, renormalised per row."""
     p = np.asarray(probs, dtype=np.float64)
-    return softmax(np.log(np.clip(p, _EPS, 1.0)) + np.asarray(bias, dtype=np.float64))
+    return softmax(np.log(np.clip(p, _EPS, 1.0)) + np.asarray(bias, dtype=np.float64), axis=1)
+
+
+def combine(
+    member_probs: Sequence[np.ndarray], weights: Sequence[float], bias: Sequence[float] | None
+) -> np.ndarray:
+    """The ensemble's probabilities: weighted mean of members, then the prior bias if any."""
+    mixed = average_probs(member_probs, weights)
+    return mixed if bias is None else apply_bias(mixed, np.asarray(bias))
+
+
+@dataclass
+class Combo:
+    """One way to combine the members: weights, and a per-class log-bias or none."""
+
+    weights: np.ndarray
+    bias: np.ndarray | None
+
+
+@dataclass
+class Ensemble:
+    """Every variant's weights/bias and metrics; ``chosen`` is the one the bundle serves."""
+
+    variants: dict[str, Combo]
+    chosen: str
+    weights_source: str
+    validation: dict[str, dict[str, Any]]
+    test: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def score_test(self, probs: Sequence[np.ndarray] | None, labels: np.ndarray | None) -> None:
+        """Metrics of every variant on the test set (``probs``: one array per member)."""
+        if probs is None or labels is None:
+            return
+        for name, combo in self.variants.items():
+            self.test[name] = probs_metrics(combine(probs, combo.weights, combo.bias), labels)
+
+
+def _variants(
+    probs: Sequence[np.ndarray], labels: np.ndarray, prior: np.ndarray, correct: bool
+) -> dict[str, Combo]:
+    n = len(probs)
+    variants = {
+        "uniform": Combo(np.full(n, 1.0 / n), None),
+        "tuned": Combo(fit_weights(probs, labels), None),
+    }
+    # The bias needs every class in the prior (a zero share has no finite log).
+    if correct and np.all(prior > 0):
+        for name in ("uniform", "tuned"):
+            weights = variants[name].weights
+            bias = fit_prior_bias(combine(probs, weights, None), prior)
+            variants[f"{name}+prior"] = Combo(weights, bias)
+    return variants
+
+
+def fit_ensemble(
+    config: EnsembleConfig,
+    probs: Sequence[np.ndarray],
+    labels: np.ndarray,
+    prior: np.ndarray,
+    *,
+    full_data: bool = False,
+) -> Ensemble:
+    """Fit every variant on validation (``probs``: one array per member) and pick the one
+    the bundle serves: the configured kind of weights (``config.weights``), with the prior
+    bias when ``config.prior_correction`` is on and it does not lower validation accuracy.
+    """
+    variants = _variants(probs, labels, prior, config.prior_correction)
+    validation = {
+        name: probs_metrics(combine(probs, c.weights, c.bias), labels)
+        for name, c in variants.items()
+    }
+    chosen, corrected = config.weights, f"{config.weights}+prior"
+    if corrected in validation and (
+        validation[corrected]["accuracy"] >= validation[chosen]["accuracy"]
+    ):
+        chosen = corrected
+    source = "tuned on validation (minimum log-loss)" if "tuned" in chosen else "uniform"
+    if full_data and "tuned" in chosen:
+        source += " in the train-only pass"
+    return Ensemble(variants, chosen, source, validation)
