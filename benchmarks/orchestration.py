@@ -103,7 +103,7 @@ def measure(
     fill(url, base, filled)
     fill_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    study, cfg = open_study(url, base.study.name, worker_index=0)
+    study, cfg, _ = open_study(url, base.study.name, worker_index=0)
     study.get_trials(deepcopy=False)  # what a worker's first ask pays: load every trial
     open_seconds = time.perf_counter() - started
     plan = {

@@ -57,23 +57,26 @@ class StudyArtifacts:
 
     def __init__(self, folders: Callable[[], list[Path]]) -> None:
         self._find_folders = folders
-        self._folders = folders()
+        self.folders = folders()
 
     def _locate(self, artifact_id: str) -> FileSystemArtifactStore:
         for refresh in (False, True):
             if refresh:  # a study created after the dashboard started may add a folder
-                self._folders = self._find_folders()
-            for folder in self._folders:
+                self.folders = self._find_folders()
+            for folder in self.folders:
                 store = FileSystemArtifactStore(folder)
-                if store._get_filepath(artifact_id).is_file():
-                    return store
-        raise ArtifactNotFound(f"artifact {artifact_id} is in none of {self._folders}")
+                try:
+                    store.open_reader(artifact_id).close()
+                except ArtifactNotFound:
+                    continue
+                return store
+        raise ArtifactNotFound(f"artifact {artifact_id} is in none of {self.folders}")
 
     def open_reader(self, artifact_id: str) -> BinaryIO:
         return self._locate(artifact_id).open_reader(artifact_id)
 
     def write(self, artifact_id: str, content_body: BinaryIO) -> None:
-        AtomicArtifactStore(self._folders[0]).write(artifact_id, content_body)
+        AtomicArtifactStore(self.folders[0]).write(artifact_id, content_body)
 
     def remove(self, artifact_id: str) -> None:
         self._locate(artifact_id).remove(artifact_id)
@@ -115,7 +118,7 @@ def open_dashboard(url: str, artifacts: Path | None = None) -> tuple[object, lis
     store = StudyArtifacts(
         (lambda: [artifacts.resolve()]) if artifacts else lambda: study_artifact_dirs(storage, url)
     )
-    return optuna_dashboard.wsgi(storage, artifact_store=store), store._folders
+    return optuna_dashboard.wsgi(storage, artifact_store=store), store.folders
 
 
 def serve(

@@ -175,10 +175,11 @@ def make_pruner(cfg: StudyConfig) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def load_existing(url: str, name: str) -> optuna.Study:
+def load_existing(url: str, name: str, storage: Any = None) -> optuna.Study:
     """Load a study for reading; a missing one is bad input (lists the ones that exist).
 
-    A SQLite file that does not exist is reported, not created empty.
+    A SQLite file that does not exist is reported, not created empty. ``storage``: one the
+    caller opened for ``url`` (to close its connections later), else a new one.
     """
     path = sqlite_path(url)
     if path is not None and not path.exists():
@@ -186,7 +187,7 @@ def load_existing(url: str, name: str) -> optuna.Study:
             f"no database at {path}; check --storage / FOCALTUNE_STORAGE or create the "
             "study first with `focaltune study create`"
         )
-    storage = open_storage(url, heartbeat_interval=None)
+    storage = storage or open_storage(url, heartbeat_interval=None)
     names = optuna.get_all_study_names(storage)
     if name not in names:
         known = ", ".join(names[:5]) or "none"

@@ -28,7 +28,7 @@ from search.stop import StopSignals
 from search.study import load_existing, make_pruner, make_sampler, stored_config
 from storage import open_storage
 from storage.errors import StorageUnreachable
-from storage.outage import is_connection_error, unreachable_in
+from storage.outage import OutageTolerantStorage, is_connection_error, unreachable_in
 from trainer.data import load_splits
 
 log = logging.getLogger(__name__)
@@ -45,12 +45,13 @@ class WorkerSummary:
     stopped_by: str
 
 
-def open_study(url: str, name: str, worker_index: int) -> tuple[optuna.Study, StudyConfig]:
+def open_study(
+    url: str, name: str, worker_index: int
+) -> tuple[optuna.Study, StudyConfig, OutageTolerantStorage]:
     """Load the study with a heartbeat storage set up from the study's own config."""
-    reader = load_existing(url, name)
-    cfg = stored_config(reader)
-    # One pool per worker (the heartbeat storage below): close the reader's connections.
-    getattr(reader._storage, "_backend", reader._storage).engine.dispose()
+    reader_storage = open_storage(url, heartbeat_interval=None)
+    cfg = stored_config(load_existing(url, name, reader_storage))
+    reader_storage.engine.dispose()  # one pool per worker: the heartbeat storage's, below
     s = cfg.study
     storage = open_storage(
         url,
@@ -64,7 +65,7 @@ def open_study(url: str, name: str, worker_index: int) -> tuple[optuna.Study, St
         sampler=make_sampler(cfg, worker_index),
         pruner=make_pruner(cfg),
     )
-    return study, cfg
+    return study, cfg, storage
 
 
 def counts(study: optuna.Study) -> dict[TrialState, int]:
@@ -110,7 +111,7 @@ def run_worker(
     echo: Callable[[str], None] = print,
 ) -> WorkerSummary:
     """Run trials of study ``name`` until its budget, ``n_trials`` or ``timeout`` is reached."""
-    study, cfg = open_study(url, name, worker_index)
+    study, cfg, storage = open_study(url, name, worker_index)
     budget = cfg.study.n_trials
     splits = load_splits(cfg.data)
     objective = make_objective(cfg, splits, on_trial_end=make_trial_reporter(study, cfg, url))
@@ -151,7 +152,7 @@ def run_worker(
                 current.clear()  # finished: a later stop must not retry it
                 ran += 1
             except STORAGE_ERRORS as err:
-                if not is_connection_error(err) or storage_outage(study) <= 0:
+                if not is_connection_error(err) or storage.outage_seconds <= 0:
                     raise
                 # Creating or finishing a trial found no database. A trial left RUNNING
                 # stops beating and is failed and retried after the grace period. The
@@ -188,11 +189,6 @@ def next_step(study: optuna.Study, budget: int) -> str:
     return "run"
 
 
-def storage_outage(study: optuna.Study) -> float:
-    backend = getattr(study._storage, "_backend", study._storage)
-    return getattr(backend, "outage_seconds", 0.0)
-
-
 def retry_interrupted(
     study: optuna.Study, trial: optuna.Trial | None, max_retry: int, best_effort: bool = False
 ) -> None:
@@ -204,7 +200,7 @@ def retry_interrupted(
     if trial is None:
         return
     try:
-        frozen = study._storage.get_trial(trial._trial_id)
+        frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
         if frozen.state == TrialState.FAIL:
             optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)(study, frozen)
     except (*STORAGE_ERRORS, StorageUnreachable):

@@ -163,5 +163,11 @@ def _repeated(name: str) -> Callable[..., Any]:
 
 
 for _name in REPEATABLE:
-    if hasattr(OutageTolerantStorage, _name):  # a few are private and may move
-        setattr(OutageTolerantStorage, _name, _repeated(_name))
+    # A few of these are private to Optuna. Were one renamed by an upgrade, skipping it would
+    # quietly remove the outage tolerance of that call: refuse to start instead.
+    if not hasattr(OutageTolerantStorage, _name):
+        raise ImportError(
+            f"optuna {optuna.__version__} has no RDBStorage.{_name}, which focaltune's outage "
+            "tolerance wraps; install the optuna version pyproject.toml allows"
+        )
+    setattr(OutageTolerantStorage, _name, _repeated(_name))

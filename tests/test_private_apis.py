@@ -1,0 +1,65 @@
+"""Every private name of Optuna, optuna-dashboard and transformers the product relies on.
+
+There is no public API for these (each use site says why); an upgrade that renames or
+reshapes one must fail here, loudly, instead of quietly switching off what it serves:
+outage tolerance, the death-before-heartbeat check, fast dashboard notes, in-order
+evaluation and length-grouped batches from the cached lengths.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+
+import optuna
+import pytest
+
+SIGNATURES = [
+    # storage/outage.py wraps these (repeatable reads and upserts) to wait out an outage.
+    ("optuna.storages", "RDBStorage._get_trials",
+     ["self", "study_id", "states", "included_trial_ids", "trial_id_greater_than"]),
+    ("optuna.storages", "RDBStorage._get_best_trial_id", ["self", "study_id", "direction"]),
+    ("optuna.storages", "RDBStorage._get_stale_trial_ids", ["self", "study_id"]),
+    ("optuna.storages", "RDBStorage._set_trial_param",
+     ["self", "trial_id", "param_name", "param_value_internal", "distribution",
+      "previous_distribution"]),
+    # storage/stale.py queries trials that never beat.
+    ("optuna.storages._rdb.storage", "_create_scoped_session",
+     ["scoped_session", "ignore_integrity_error"]),
+    # search/notes.py writes a trial's note without reading the study's notes.
+    ("optuna_dashboard._note", "note_ver_key", ["trial_id"]),
+    ("optuna_dashboard._note", "split_body", ["note_str", "trial_id"]),
+    # search/reporting.py: artifacts written atomically where Optuna's store reads them.
+    ("optuna.artifacts", "FileSystemArtifactStore._get_filepath", ["self", "artifact_id"]),
+    # trainer/train.py: the Trainer's sampler seams.
+    ("transformers", "Trainer._get_eval_sampler", ["self", "eval_dataset"]),
+    ("transformers", "Trainer._get_train_sampler", ["self", "train_dataset"]),
+]  # fmt: skip
+
+
+def resolve(module: str, dotted: str) -> object:
+    obj = importlib.import_module(module)
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+@pytest.mark.parametrize(("module", "name", "parameters"), SIGNATURES)
+def test_private_callables_keep_their_signature(module, name, parameters) -> None:
+    assert list(inspect.signature(resolve(module, name)).parameters) == parameters
+
+
+def test_the_trial_model_columns_stale_py_filters_on() -> None:
+    from optuna.storages._rdb.models import TrialModel
+    from sqlalchemy.orm import configure_mappers
+
+    configure_mappers()  # `heartbeats` is a backref: it exists once the mappers are set up
+    for column in ("trial_id", "study_id", "state", "_datetime_start_utc", "heartbeats"):
+        assert hasattr(TrialModel, column), column
+
+
+def test_trial_and_study_ids_notes_py_reads(tmp_path) -> None:
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'ids.db'}")
+    trial = optuna.create_study(storage=storage).ask()
+    assert isinstance(trial._trial_id, int) and isinstance(trial.study._study_id, int)
+    assert callable(storage.scoped_session)  # the session factory stale.py opens
