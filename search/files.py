@@ -18,6 +18,7 @@ from typing import Any
 
 from storage import sqlite_path
 from trainer.errors import BadInput
+from trainer.files import atomic_file
 
 # (what the input is, where it is); None entries (an optional input not given) are skipped.
 Inputs = Iterable[tuple[str, str | Path | None]]
@@ -108,17 +109,9 @@ def check_output(
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
 
 
 def write_json_atomic(path: str | Path, payload: Any) -> Path:

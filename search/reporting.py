@@ -15,7 +15,7 @@ note, so it stops promptly. W&B is a side channel: its errors are logged, never 
 from __future__ import annotations
 
 import logging
-import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Callable
@@ -30,6 +30,7 @@ from search.notes import save_trial_note, trial_note
 from search.space import params_to_config
 from storage import sqlite_path
 from trainer.errors import BadInput
+from trainer.files import atomic_file
 
 if TYPE_CHECKING:  # the trainer side pulls in torch and transformers: types only here
     from trainer.callbacks import EvalRecord
@@ -50,15 +51,8 @@ class AtomicArtifactStore(FileSystemArtifactStore):
         Path(base_path).mkdir(parents=True, exist_ok=True)
 
     def write(self, artifact_id: str, content_body: BinaryIO) -> None:
-        path = self._get_filepath(artifact_id)
-        tmp = path.with_name(f".{path.name}.tmp")
-        try:
-            with open(tmp, "wb") as handle:
-                while chunk := content_body.read(1 << 20):
-                    handle.write(chunk)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_file(self._get_filepath(artifact_id)) as tmp, open(tmp, "wb") as handle:
+            shutil.copyfileobj(content_body, handle, 1 << 20)
 
 
 def artifact_dir(cfg: StudyConfig, url: str) -> Path:
@@ -85,7 +79,7 @@ def wandb_dir(cfg: StudyConfig, url: str) -> Path:
 
 def end_reason(trial: optuna.Trial) -> str:
     """Why the trial ended: the objective's ``end_reason``, else the exception under way."""
-    attrs = trial.storage.get_trial(trial._trial_id).user_attrs
+    attrs = trial.user_attrs  # includes what this trial object set itself
     if "end_reason" in attrs:
         return str(attrs["end_reason"])
     err = sys.exc_info()[1]  # called from the objective's `finally`: the error, if any

@@ -8,8 +8,6 @@ or threads. Every file is written atomically (temp file in the same folder, then
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -20,6 +18,8 @@ import numpy as np
 from matplotlib import font_manager
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from trainer.files import atomic_file
 
 # Fonts with Hangul glyphs, used as fallbacks after DejaVu Sans when installed; label names
 # are often Korean. Without any of them the glyphs render as boxes (a warning we silence).
@@ -39,17 +39,9 @@ def _plot_context() -> Iterator[None]:
 
 
 def _save_atomic(fig: Figure, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            FigureCanvasAgg(fig).print_png(handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_file(path) as tmp, open(tmp, "wb") as handle:
+        FigureCanvasAgg(fig).print_png(handle)
+    return Path(path)
 
 
 def _check_names(label_names: Sequence[str], n_classes: int, what: str) -> None:

@@ -10,9 +10,7 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import time
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,8 @@ from datasets.utils import (
     disable_progress_bars,
     enable_progress_bars,
 )
+
+from trainer.files import staged_folder
 
 CHARS_PER_TOKEN = 32  # generous: no real text needs more characters per kept token
 
@@ -135,19 +135,16 @@ def _encode(
 
 
 def _publish(dataset: Dataset, path: Path) -> None:
-    """Write to a private temp folder, then rename it into place in one atomic step."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.parent / f".tmp-{path.name[:16]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    """Write to a private staging folder, then rename it into place in one atomic step."""
     quiet = are_progress_bars_disabled()
     disable_progress_bars()  # one bar per write would flood worker logs
     try:
-        dataset.save_to_disk(str(temp))
-        os.rename(temp, path)
+        with staged_folder(path) as temp:
+            dataset.save_to_disk(str(temp))
     except OSError:
         # Another worker renamed its copy first: theirs is complete and identical.
         if not path.exists():
             raise
     finally:
-        shutil.rmtree(temp, ignore_errors=True)
         if not quiet:
             enable_progress_bars()

@@ -176,7 +176,7 @@ def test_cache_entry_depends_on_every_input(make_tokenizer, reviews, tmp_path):
     for tokenizer, length in ((small, 32), (small, 64), (large, 32)):
         encode_cached(texts[:100], labels[:100], tokenizer, length, tmp_path)
     entries = [p.name for p in (tmp_path / "tokens").iterdir()]
-    assert len(entries) == 3 and not [name for name in entries if name.startswith(".tmp")]
+    assert len(entries) == 3 and not [name for name in entries if name.startswith(".")]
 
 
 def test_fingerprint_ignores_state_left_by_earlier_calls(make_tokenizer):

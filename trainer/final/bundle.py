@@ -23,6 +23,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from trainer.devices import Precision
 from trainer.errors import BadInput
+from trainer.files import staging_folder
 
 MANIFEST = "ensemble.json"
 FORMAT = "focaltune-ensemble/1"
@@ -65,11 +66,8 @@ def write_manifest(root: Path, manifest: dict[str, Any]) -> Path:
 
 
 def staging_dir(out: Path) -> Path:
-    """A fresh folder beside ``out`` (same file system, so the final rename is atomic)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
-    return staging
+    """A fresh folder beside ``out`` to build the bundle in; ``publish`` renames it."""
+    return staging_folder(out)
 
 
 def check_destination(out: Path, overwrite: bool) -> None:

@@ -8,8 +8,6 @@ measured at training time exactly (same tokenisation, batching and dtype).
 from __future__ import annotations
 
 import gc
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from trainer.data import INT_LIKE
 from trainer.devices import Precision, inference_precision
 from trainer.errors import BadInput
+from trainer.files import atomic_file
 from trainer.final.bundle import Bundle, load_bundle, load_member
 from trainer.final.ensemble import combine
 from trainer.tables import read_table
@@ -204,11 +203,8 @@ def output_kind(path: Path) -> tuple[str, bool]:
 def write_frame_atomic(frame: pd.DataFrame, path: Path) -> Path:
     """Write csv/tsv/jsonl/parquet (.gz for text formats) to a temp file, then rename."""
     kind, gz = output_kind(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
     compression = "gzip" if gz else None
-    try:
+    with atomic_file(path) as tmp:
         if kind == "parquet":
             frame.to_parquet(tmp, index=False)
         elif kind == "jsonl":
@@ -223,10 +219,6 @@ def write_frame_atomic(frame: pd.DataFrame, path: Path) -> Path:
         else:
             sep = "," if kind == "csv" else "\t"
             frame.to_csv(tmp, sep=sep, index=False, compression=compression)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 
