@@ -3,28 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import inspect
+import dataclasses
 import json
+import typing
 from pathlib import Path
 
 from search.files import check_output
-from trainer.backbone import build_backbone
+from trainer.backbone import BackboneSettings, build_backbone
 
-# (flag, type, help); defaults come from build_backbone's signature, so they live in one place.
-OPTIONS = (
-    ("--text-column", str, "column holding the texts"),
-    ("--vocab-size", int, "WordPiece vocabulary size (>= 256)"),
-    ("--layers", int, "transformer layers"),
-    ("--hidden", int, "hidden size; a multiple of --heads"),
-    ("--heads", int, "attention heads"),
-    ("--intermediate", int, "feed-forward size (default: 4 x hidden)"),
-    ("--max-length", int, "tokenizer model_max_length and MLM truncation, in tokens"),
-    ("--max-samples", int, "use a seeded random sample of this many texts (default: all)"),
-    ("--mlm-epochs", float, "masked-LM pretraining epochs on the texts (0 = none)"),
-    ("--mlm-batch-size", int, "masked-LM batch size"),
-    ("--mlm-learning-rate", float, "masked-LM peak learning rate"),
-    ("--seed", int, "seed of sampling, initialisation and masking"),
-)
 METAVARS = {int: "N", float: "X", str: "NAME"}
 
 
@@ -46,22 +32,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--train", required=True, metavar="FILE", help="csv/tsv/jsonl/parquet file (.gz ok)"
     )
     build.add_argument("--out", required=True, metavar="DIR", help="output folder, must not exist")
-    defaults = inspect.signature(build_backbone).parameters
-    for flag, kind, text in OPTIONS:
-        default = defaults[_name(flag)].default
-        text += "" if default is None else f" (default: {default})"
-        build.add_argument(flag, type=kind, default=default, metavar=METAVARS[kind], help=text)
+    _add_settings(build)
     build.set_defaults(func=run)
 
 
-def _name(flag: str) -> str:
-    return flag.removeprefix("--").replace("-", "_")
+def _add_settings(parser: argparse.ArgumentParser) -> None:
+    """One flag per ``BackboneSettings`` field: its name, type, default and help live there."""
+    hints = typing.get_type_hints(BackboneSettings)
+    for setting in dataclasses.fields(BackboneSettings):
+        # `int | None` (unset allowed) is read as an int flag whose default is None.
+        hint = hints[setting.name]
+        kind = next(t for t in typing.get_args(hint) or (hint,) if t is not type(None))
+        default = setting.default
+        text = setting.metadata["help"] + ("" if default is None else f" (default: {default})")
+        flag = "--" + setting.name.replace("_", "-")
+        parser.add_argument(flag, type=kind, default=default, metavar=METAVARS[kind], help=text)
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = {_name(flag): getattr(args, _name(flag)) for flag, _, _ in OPTIONS}
+    names = [setting.name for setting in dataclasses.fields(BackboneSettings)]
+    settings = BackboneSettings(**{name: getattr(args, name) for name in names})
     check_output(args.out, "--out", [("the --train file", args.train)], folder=True)
-    out = build_backbone(args.train, args.out, **settings)
+    out = build_backbone(args.train, args.out, settings)
     report = json.loads((Path(out) / "backbone.json").read_text())
     print(f"backbone: {out}")
     print(f"parameters: {report['parameters']:,} (encoder), vocab {report['vocab_size']:,}")

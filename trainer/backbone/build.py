@@ -10,19 +10,19 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
-import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
-import pandas as pd
 import torch
 from transformers import BertConfig, BertForMaskedLM, PreTrainedTokenizerFast, set_seed
 
 from trainer.backbone.mlm import MlmSettings, mlm_loss, pretrain_mlm
 from trainer.backbone.wordpiece import MIN_VOCAB, train_tokenizer, unk_rate
 from trainer.errors import BadInput
+from trainer.files import staged_folder
+from trainer.tables import read_table
 
 log = logging.getLogger(__name__)
 
@@ -39,29 +39,44 @@ MAX_SIZES = {
 MAX_PARAMETERS = 2_000_000_000
 MAX_MLM_EPOCHS = 1000
 
-READERS = {".csv": pd.read_csv, ".tsv": lambda p: pd.read_csv(p, sep="\t")}
-READERS |= {".parquet": pd.read_parquet, ".jsonl": lambda p: pd.read_json(p, lines=True)}
+
+def _setting(default: Any, text: str) -> Any:
+    """A field whose ``text`` becomes its ``focaltune backbone build`` flag's help."""
+    return field(default=default, metadata={"help": text})
 
 
 @dataclass(frozen=True)
 class BackboneSettings:
-    """Everything that shapes a backbone; written to ``backbone.json``."""
+    """Everything that shapes a backbone; written to ``backbone.json``.
 
-    text_column: str
-    vocab_size: int
-    layers: int
-    hidden: int
-    heads: int
-    intermediate: int
-    max_length: int
-    max_samples: int | None
-    mlm_epochs: float
-    mlm_batch_size: int
-    mlm_learning_rate: float
-    seed: int
+    The one list of the settings: each field is a ``focaltune backbone build`` flag
+    (``--vocab-size`` for ``vocab_size``) with this default and its metadata's help.
+    """
+
+    text_column: str = _setting("review", "column holding the texts")
+    vocab_size: int = _setting(8000, "WordPiece vocabulary size (>= 256)")
+    layers: int = _setting(2, "transformer layers")
+    hidden: int = _setting(128, "hidden size; a multiple of --heads")
+    heads: int = _setting(2, "attention heads")
+    intermediate: int | None = _setting(None, "feed-forward size (default: 4 x hidden)")
+    max_length: int = _setting(128, "tokenizer model_max_length and MLM truncation, in tokens")
+    max_samples: int | None = _setting(
+        None, "use a seeded random sample of this many texts (default: all)"
+    )
+    mlm_epochs: float = _setting(0, "masked-LM pretraining epochs on the texts (0 = none)")
+    mlm_batch_size: int = _setting(64, "masked-LM batch size")
+    mlm_learning_rate: float = _setting(5e-4, "masked-LM peak learning rate")
+    seed: int = _setting(0, "seed of sampling, initialisation and masking")
+
+    def resolved(self) -> BackboneSettings:
+        """With ``intermediate`` filled in: unset (None or 0) is 4 x hidden, BERT's ratio.
+
+        Resolved only when building, so ``replace(settings, hidden=...)`` still follows."""
+        return replace(self, intermediate=self.intermediate or 4 * self.hidden)
 
     def check(self) -> None:
-        """Collect every bad setting and raise one ``BadInput`` naming them all."""
+        """Collect every bad setting and raise one ``BadInput`` naming them all (resolved
+        settings: ``intermediate`` set)."""
         problems = [
             f"{name}={getattr(self, name)} must be >= {low}"
             for name, low in (("layers", 1), ("heads", 1), ("max_length", 8), ("mlm_batch_size", 1))
@@ -109,31 +124,17 @@ class BackboneSettings:
 def build_backbone(
     train: str | Path,
     out: str | Path,
-    *,
-    text_column: str = "review",
-    vocab_size: int = 8000,
-    layers: int = 2,
-    hidden: int = 128,
-    heads: int = 2,
-    intermediate: int | None = None,
-    max_length: int = 128,
-    max_samples: int | None = None,
-    mlm_epochs: float = 0,
-    mlm_batch_size: int = 64,
-    mlm_learning_rate: float = 5e-4,
-    seed: int = 0,
+    settings: BackboneSettings | None = None,
+    **changes: Any,
 ) -> Path:
     """Train a tokenizer on ``train``'s texts, build (and optionally MLM-pretrain) a BERT.
 
-    The folder is built beside ``out`` and renamed into place at the end, so a failure
-    leaves no half-made backbone. Returns ``out``.
+    ``settings`` (default: ``BackboneSettings()``) with ``changes`` applied by field name,
+    e.g. ``build_backbone(train, out, layers=1, hidden=32)``. The folder is built beside
+    ``out`` and renamed into place at the end, so a failure leaves no half-made backbone.
+    Returns ``out``.
     """
-    # fmt: off
-    settings = BackboneSettings(
-        text_column, vocab_size, layers, hidden, heads, intermediate or 4 * hidden,
-        max_length, max_samples, mlm_epochs, mlm_batch_size, mlm_learning_rate, seed,
-    )
-    # fmt: on
+    settings = replace(settings or BackboneSettings(), **changes).resolved()
     settings.check()
     train, out = Path(train), Path(out)
     if out.exists():
@@ -141,33 +142,18 @@ def build_backbone(
     started = time.perf_counter()
     texts = read_texts(train, settings.text_column, settings.max_samples, settings.seed)
     log.info("read %d texts from %s in %.1f s", len(texts), train, time.perf_counter() - started)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", suffix=".partial", dir=out.parent))
-    try:
+    with staged_folder(out) as staging:
         report = _build_into(staging, texts, settings)
         report |= {"train": str(train), "seconds_total": round(time.perf_counter() - started, 2)}
         (staging / "backbone.json").write_text(json.dumps(report, indent=2) + "\n")
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     log.info("backbone written to %s in %.1f s", out, report["seconds_total"])
     return out
 
 
 def read_texts(path: Path, column: str, max_samples: int | None, seed: int) -> list[str]:
-    """Non-empty texts of ``column`` in a csv/tsv/jsonl/parquet file (.gz ok)."""
-    if not path.is_file():
-        raise BadInput(f"training file {path} not found; pass --train with an existing file")
-    suffixes = [s for s in path.suffixes[-2:] if s != ".gz"]
-    reader = READERS.get(suffixes[-1].lower() if suffixes else "")
-    if reader is None:
-        raise BadInput(f"{path}: unknown file type; use one of {', '.join(READERS)} (.gz ok)")
-    try:
-        frame = reader(path)
-    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as err:
-        reason = " ".join(str(err).split())
-        raise BadInput(f"cannot read {path}: {reason}; fix the file or convert it to CSV") from None
+    """Non-empty texts of ``column`` in any table ``trainer.tables`` reads
+    (csv/tsv/json/jsonl/parquet, .gz too), stripped; a seeded sample of ``max_samples``."""
+    frame = read_table(path, what="--train")
     if column not in frame.columns:
         raise BadInput(
             f"text column {column!r} not found in {path} (columns: {', '.join(map(str, frame))});"
