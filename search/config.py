@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import reprlib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
+    BaseModel,
     BeforeValidator,
     Field,
     PositiveInt,
@@ -39,6 +40,7 @@ MAX_YAML_NODES = 100_000  # scalars, lists and maps after aliases are expanded
 QUOTE = reprlib.Repr()
 QUOTE.maxlevel, QUOTE.maxstring, QUOTE.maxother = 3, 80, 80
 QUOTE.maxlist = QUOTE.maxtuple = QUOTE.maxdict = QUOTE.maxset = 6
+Config = TypeVar("Config", bound=BaseModel)  # StudyConfig, FinalConfig
 
 
 class SamplerConfig(Strict):
@@ -228,19 +230,35 @@ def load_yaml(path: Path) -> Any:
         raise BadInput(f"{path}: nested too deeply to be a config; fix the file") from None
 
 
-def parse_study_config(raw: Any, source: str) -> StudyConfig:
-    """Validate a dict (from YAML or from the study) into a StudyConfig, or raise BadInput."""
+def validate_config(raw: Any, model: type[Config], source: str, *, sections: str) -> Config:
+    """``raw`` (a YAML file's content, a stored dict) as a ``model``, or one BadInput line
+    naming ``source`` and the first bad key; ``sections`` says what the mapping holds."""
     if not isinstance(raw, dict):
-        raise BadInput(f"{source}: expected a mapping of sections (study, data, model, ...)")
+        raise BadInput(f"{source}: expected a mapping {sections}")
     try:
-        return StudyConfig.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as err:
         raise BadInput(describe_error(err, source)) from None
 
 
-def load_study_config(path: str | Path) -> StudyConfig:
-    """Read and validate a study YAML; relative data paths are resolved against the CWD."""
+def load_config(path: str | Path, model: type[Config], *, missing: str, sections: str) -> Config:
+    """Read a config YAML (bounded: ``load_yaml``) and validate it as a ``model``; ``missing``
+    is what to tell a user whose file does not exist."""
     path = Path(path)
     if not path.is_file():
-        raise BadInput(f"{path}: config file not found; pass the path of a study YAML")
-    return parse_study_config(load_yaml(path), str(path))
+        raise BadInput(f"{path}: {missing}")
+    return validate_config(load_yaml(path), model, str(path), sections=sections)
+
+
+STUDY_SECTIONS = "of sections (study, data, model, ...)"
+
+
+def parse_study_config(raw: Any, source: str) -> StudyConfig:
+    """Validate a dict (from YAML or from the study) into a StudyConfig, or raise BadInput."""
+    return validate_config(raw, StudyConfig, source, sections=STUDY_SECTIONS)
+
+
+def load_study_config(path: str | Path) -> StudyConfig:
+    """Read and validate a study YAML; relative data paths are resolved against the CWD."""
+    missing = "config file not found; pass the path of a study YAML"
+    return load_config(path, StudyConfig, missing=missing, sections=STUDY_SECTIONS)

@@ -5,13 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pydantic import ValidationError
-
-from search.config import describe_error, load_yaml
+from search.config import load_config
 from search.files import check_output
 from search.study import data_inputs
 from trainer.config import FinalConfig
-from trainer.errors import BadInput
 from trainer.final import run_final
 
 
@@ -33,16 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def load_final_config(path: str | Path) -> FinalConfig:
     """Read and validate a final config YAML; BadInput names the first bad key."""
-    path = Path(path)
-    if not path.is_file():
-        raise BadInput(f"{path}: final config not found; write one with `focaltune export`")
-    raw = load_yaml(path)
-    if not isinstance(raw, dict):
-        raise BadInput(f"{path}: expected a mapping with data, train and members sections")
-    try:
-        return FinalConfig.model_validate(raw)
-    except ValidationError as err:
-        raise BadInput(describe_error(err, str(path))) from None
+    missing = "final config not found; write one with `focaltune export`"
+    sections = "with data, train and members sections"
+    return load_config(path, FinalConfig, missing=missing, sections=sections)
 
 
 def run(args: argparse.Namespace) -> int:
