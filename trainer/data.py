@@ -81,13 +81,6 @@ def load_labelled(
     return texts, _encode(raw, label_names, cfg.labels is not None, path, cfg)
 
 
-def load_texts(path: str, text_column: str, *, what: str) -> tuple[list[str], pd.DataFrame]:
-    """Texts of an unlabelled file, plus its frame so callers can keep an id column."""
-    frame = read_table(path, what=what)
-    _check_columns(frame, path, [(text_column, "data.text_column")])
-    return _texts(frame, text_column, path), frame
-
-
 def _read_labelled(path: str, cfg: DataConfig, *, what: str) -> tuple[list[str], list[str]]:
     frame = read_table(path, what=what)
     columns = [(cfg.text_column, "data.text_column"), (cfg.label_column, "data.label_column")]

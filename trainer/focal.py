@@ -19,7 +19,6 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from trainer.errors import BadInput
 
@@ -119,38 +118,3 @@ def _reduce(per_example: torch.Tensor, reduction: Reduction) -> torch.Tensor:
     if reduction == "mean":
         return per_example.mean()
     raise ValueError(f"focal_loss reduction must be 'none', 'sum' or 'mean', got {reduction!r}")
-
-
-class FocalLoss(nn.Module):
-    """`focal_loss` with its settings held; alpha is a buffer so it follows ``.to(device)``."""
-
-    alpha: torch.Tensor
-
-    def __init__(
-        self,
-        num_classes: int,
-        *,
-        gamma: float = 2.0,
-        alpha: Sequence[float] | None = None,
-        label_smoothing: float = 0.0,
-    ) -> None:
-        super().__init__()
-        self.gamma = float(gamma)
-        self.label_smoothing = float(label_smoothing)
-        # Not persistent: alpha is a hyperparameter kept in the config, not model weights.
-        self.register_buffer("alpha", normalise_alpha(alpha, num_classes), persistent=False)
-
-    def forward(
-        self, logits: torch.Tensor, labels: torch.Tensor, reduction: Reduction = "mean"
-    ) -> torch.Tensor:
-        return focal_loss(
-            logits,
-            labels,
-            gamma=self.gamma,
-            alpha=self.alpha,
-            label_smoothing=self.label_smoothing,
-            reduction=reduction,
-        )
-
-    def extra_repr(self) -> str:
-        return f"gamma={self.gamma}, label_smoothing={self.label_smoothing}"

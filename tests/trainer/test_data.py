@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 
 from trainer.config import DataConfig
-from trainer.data import load_labelled, load_splits, load_texts
+from trainer.data import load_labelled, load_splits
 from trainer.errors import BadInput
+from trainer.final.predict import input_texts
 from trainer.tables import read_table
 
 NAMES = ["strong negative", "weak negative", "weak positive", "strong positive"]
@@ -59,7 +60,8 @@ def test_every_format_loads_like_csv(frame, tmp_path, suffix):
 def test_csv_keeps_texts_as_written(frame, tmp_path):
     # pandas would read "NA" as missing and "1.50" as the float 1.5 by default.
     frame.loc[3, "review"], frame.loc[4, "review"] = "NA", "1.50"
-    texts, _ = load_texts(str(write(frame, tmp_path / "a.csv")), "review", what="x")
+    path = write(frame, tmp_path / "a.csv")
+    texts = input_texts(read_table(path, what="x"), "review", str(path))
     assert texts[3:5] == ["NA", "1.50"]
 
 
@@ -233,7 +235,8 @@ def test_test_file_with_unknown_class(frame, tmp_path):
         load_labelled(str(path), DataConfig(train="t"), ["0", "1", "2"], what="data.test")
 
 
-def test_load_texts_keeps_the_frame(nsmc_csv):
-    texts, frame = load_texts(str(nsmc_csv(30)), "review", what="--input")
+def test_unlabelled_texts_keep_the_frame(nsmc_csv):
+    frame = read_table(nsmc_csv(30), what="--input")
+    texts = input_texts(frame, "review", "--input")
     assert texts == frame["review"].tolist() and "id" in frame.columns
-    assert read_table(nsmc_csv(30), what="x").shape == (30, 5)
+    assert frame.shape == (30, 5)

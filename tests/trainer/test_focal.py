@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from trainer.errors import BadInput
-from trainer.focal import FocalLoss, focal_loss, normalise_alpha
+from trainer.focal import focal_loss, normalise_alpha
 
 K = 4
 
@@ -147,17 +147,6 @@ def test_mean_is_sum_over_examples() -> None:
     total = focal_loss(logits, labels, gamma=2.0, label_smoothing=0.1, reduction="sum")
     torch.testing.assert_close(mean * 10, total)
     torch.testing.assert_close(total, per_example.sum())
-
-
-def test_module_matches_function_and_moves_alpha() -> None:
-    logits, labels = random_batch(seed=4)
-    module = FocalLoss(K, gamma=1.5, alpha=[1.0, 2.0, 3.0, 4.0], label_smoothing=0.2)
-    expected = focal_loss(
-        logits, labels, gamma=1.5, alpha=normalise_alpha([1, 2, 3, 4], K), label_smoothing=0.2
-    )
-    torch.testing.assert_close(module(logits, labels), expected)
-    assert module.to(torch.float64).alpha.dtype == torch.float64
-    assert "alpha" not in module.state_dict()
 
 
 @pytest.mark.parametrize(
