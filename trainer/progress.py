@@ -1,9 +1,11 @@
-"""A progress bar within one training run, for a person watching a worker in a terminal.
+"""Progress bars (rich): ``progress_bar`` for ``final`` and ``predict``, and ``ProgressBar``
+within one training run, for a person watching a worker in a terminal.
 
-Shown only when the stream is a terminal: a worker's log file or a pipe gets the one line
-per finished trial and nothing else. The bar counts optimizer steps and shows the last
-evaluation's accuracy. A run stopped by an exception (a pruned trial) never reaches
-``on_train_end``, so the bar is also closed when the next run begins and by ``close()``.
+``ProgressBar`` is shown only when the stream is a terminal: a worker's log file or a pipe
+gets the one line per finished trial and nothing else. The bar counts optimizer steps and
+shows the last evaluation's accuracy. A run stopped by an exception (a pruned trial) never
+reaches ``on_train_end``, so the bar is also closed when the next run begins and by
+``close()``.
 """
 
 from __future__ import annotations
@@ -11,8 +13,36 @@ from __future__ import annotations
 import sys
 from typing import Any, TextIO
 
-from tqdm import tqdm
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+
+def progress_bar(
+    enabled: bool = True,
+    *extra: ProgressColumn,
+    console: Console | None = None,
+    **options: Any,
+) -> Progress:
+    """A rich progress display (on stderr unless ``console`` says otherwise, so stdout stays
+    clean for summaries): description, bar, done/total, elapsed, then ``extra`` columns.
+    ``options`` go to ``rich.progress.Progress``."""
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    return Progress(
+        *columns,
+        TimeElapsedColumn(),
+        *extra,
+        console=console or Console(stderr=True),
+        disable=not enabled,
+        **options,
+    )
 
 
 class ProgressBar(TrainerCallback):
@@ -22,26 +52,32 @@ class ProgressBar(TrainerCallback):
         self.label = label
         self.stream = stream if stream is not None else sys.stderr
         self.enabled = _is_terminal(self.stream)
-        self.bar: Any = None
+        self.bar: Progress | None = None
+        self.task: Any = None
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
     ) -> None:
         self.close()
         if self.enabled:
-            self.bar = tqdm(
-                total=state.max_steps,
-                desc=self.label,
-                unit="step",
-                file=self.stream,
-                leave=False,  # the worker prints its own line when the trial ends
+            self.bar = progress_bar(
+                True,
+                TextColumn("{task.fields[postfix]}"),
+                # _is_terminal already decided; rich would also ask the environment.
+                console=Console(file=self.stream, force_terminal=True),
+                transient=True,  # the worker prints its own line when the trial ends
+                # Leave sys.stdout/stderr alone: the worker's logging owns them.
+                redirect_stdout=False,
+                redirect_stderr=False,
             )
+            self.task = self.bar.add_task(self.label, total=state.max_steps, postfix="")
+            self.bar.start()
 
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
     ) -> None:
         if self.bar is not None:
-            self.bar.update(state.global_step - self.bar.n)
+            self.bar.update(self.task, completed=state.global_step)
 
     def on_evaluate(
         self,
@@ -52,9 +88,8 @@ class ProgressBar(TrainerCallback):
         **kw: Any,
     ) -> None:
         if self.bar is not None and metrics and "eval_accuracy" in metrics:
-            self.bar.set_postfix(
-                epoch=f"{state.epoch or 0:.2f}", acc=f"{metrics['eval_accuracy']:.4f}"
-            )
+            postfix = f"epoch={state.epoch or 0:.2f} acc={metrics['eval_accuracy']:.4f}"
+            self.bar.update(self.task, postfix=postfix)
 
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
@@ -63,7 +98,7 @@ class ProgressBar(TrainerCallback):
 
     def close(self) -> None:
         if self.bar is not None:
-            self.bar.close()
+            self.bar.stop()
             self.bar = None
 
 

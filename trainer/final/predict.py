@@ -15,8 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 
 from trainer.data import INT_LIKE
 from trainer.devices import Precision, inference_precision
@@ -24,17 +23,10 @@ from trainer.errors import BadInput
 from trainer.files import atomic_file
 from trainer.final.bundle import Bundle, load_bundle, load_member
 from trainer.final.ensemble import combine
+from trainer.progress import progress_bar  # also final's: trainer/final/run.py imports it here
 from trainer.tables import read_table
 
 WRITERS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".parquet": "parquet"}
-
-
-def progress_bar(enabled: bool = True) -> Progress:
-    """A rich progress display on stderr, so stdout stays clean for summaries."""
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
-    return Progress(
-        *columns, TimeElapsedColumn(), console=Console(stderr=True), disable=not enabled
-    )
 
 
 def pick_device(name: str = "auto") -> torch.device:
