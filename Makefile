@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # The CPU wheel of torch lies on this kind of machine; elsewhere pip picks the build for the host.
 TORCH  ?= $(if $(wildcard /opt/wheels/torch-2.13.0+cpu-*.whl),torch==2.13.0,torch>=2.4)
 
-.PHONY: install system-deps search test lint format bench soak db-up db-down clean
+.PHONY: install system-deps demo-config search test lint format bench soak db-up db-down clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,8 +44,14 @@ runs/backbone/config.json: | install
 	$(BIN)/focaltune backbone build --train $(NSMC4)/train.csv.gz --out runs/backbone \
 		--max-samples 20000 --vocab-size 8000 --layers 2 --hidden 128 --heads 2 --max-length 64
 
-search: install runs/backbone/config.json
-	$(BIN)/focaltune launch configs/demo.yaml --workers 2
+# configs/demo.yaml names the default data folder; the demo runs a copy that names $(NSMC4).
+RUNS ?= runs
+demo-config:
+	@mkdir -p $(RUNS)
+	sed 's#\.\./shared/data/nsmc4#$(NSMC4)#g' configs/demo.yaml > $(RUNS)/demo.yaml
+
+search: install runs/backbone/config.json demo-config
+	$(BIN)/focaltune launch $(RUNS)/demo.yaml --workers 2
 	$(BIN)/focaltune export --storage $(DB) --study $(DEMO) --out runs/final.yaml
 	@echo "exported config: runs/final.yaml"
 

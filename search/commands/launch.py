@@ -25,7 +25,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("config", help="study config YAML")
     parser.add_argument("--workers", type=int_in(1, 256), default=1, help="number of local workers")
     parser.add_argument("--storage", default=None, help="storage URL (overrides the config)")
-    parser.add_argument("--verbose", action="store_true", help="relay all worker output")
+    # Its own dest: a subcommand's default for `verbose` would overwrite the global -v.
+    parser.add_argument(
+        "--verbose", dest="relay_all", action="store_true", help="relay all worker output"
+    )
     parser.set_defaults(func=run)
 
 
@@ -35,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     check_database(url, args.config, cfg)
     warn_if_sqlite_crowded(url, args.workers)
     study = create_study(cfg, url)
-    result = launch(url, study, cfg.study.n_trials, args.workers, verbose=args.verbose)
+    result = launch(url, study, cfg.study.n_trials, args.workers, verbose=args.relay_all or args.verbose)
     study = optuna.load_study(
         study_name=study.study_name, storage=open_storage(url, heartbeat_interval=None)
     )
