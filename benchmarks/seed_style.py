@@ -10,6 +10,7 @@ product's, so the comparison isolates how trials are run.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 from pathlib import Path
@@ -34,6 +35,7 @@ from search.space import suggest
 from trainer.config import TrainConfig
 from trainer.data import Splits, load_splits
 from trainer.focal import focal_loss, normalise_alpha
+from trainer.train import training_arguments
 
 
 class ReviewDataset(torch.utils.data.Dataset):
@@ -104,30 +106,24 @@ def accuracy(pred: Any) -> dict[str, float]:
 
 
 def seed_arguments(cfg: TrainConfig, out_dir: Path, loader_workers: int) -> TrainingArguments:
-    """The product's schedule, with the seed's evaluate-and-save-every-epoch selection."""
-    t, p = cfg.train, cfg.params
-    return TrainingArguments(
-        output_dir=str(out_dir),
-        num_train_epochs=p.epochs,
-        learning_rate=p.learning_rate,
-        per_device_train_batch_size=t.batch_size,
-        per_device_eval_batch_size=t.batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
-        weight_decay=t.weight_decay,
-        warmup_steps=t.warmup_fraction,
-        lr_scheduler_type=t.lr_scheduler,
-        max_grad_norm=t.max_grad_norm,
-        seed=t.seed,
-        use_cpu=not torch.cuda.is_available(),
+    """The product's arguments (``training_arguments``: schedule, optimizer, seed, logging)
+    with only what the seed did differently: evaluate and save every epoch and reload the
+    best, plain random batches, and float32 (mixed precision is left out of the comparison)."""
+    args = training_arguments(cfg, str(out_dir))
+    return dataclasses.replace(  # re-runs TrainingArguments' checks on the new values
+        args,
         eval_strategy="epoch",
         save_strategy="epoch",
         load_best_model_at_end=True,
         metric_for_best_model="accuracy",
         greater_is_better=True,
         save_total_limit=3,  # the seed kept best + last 2 for SWA
-        logging_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
+        per_device_eval_batch_size=cfg.train.batch_size,
+        train_sampling_strategy="random",
+        bf16=False,
+        fp16=False,
+        # The product's tf32=True switched TF32 matmuls on for the whole process; off again.
+        tf32=False if args.tf32 else None,
         dataloader_num_workers=loader_workers,
         remove_unused_columns=False,
     )
