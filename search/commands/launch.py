@@ -38,7 +38,9 @@ def run(args: argparse.Namespace) -> int:
     check_database(url, args.config, cfg)
     warn_if_sqlite_crowded(url, args.workers)
     study = create_study(cfg, url)
-    result = launch(url, study, cfg.study.n_trials, args.workers, verbose=args.relay_all or args.verbose)
+    result = launch(
+        url, study, cfg.study.n_trials, args.workers, verbose=args.relay_all or args.verbose
+    )
     study = optuna.load_study(
         study_name=study.study_name, storage=open_storage(url, heartbeat_interval=None)
     )
