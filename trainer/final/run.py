@@ -8,14 +8,15 @@ memory. Everything measured goes to ``report.json``; ``ensemble.json`` gets only
 
 from __future__ import annotations
 
+import functools
 import logging
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 from trainer.config import FinalConfig
 from trainer.data import Splits, load_labelled, load_splits
+from trainer.files import staged_folder
 from trainer.final import bundle
 from trainer.final.ensemble import Ensemble, fit_ensemble
 from trainer.final.members import LabelledSet, MemberRun, retrain_full, train_member
@@ -69,15 +70,11 @@ def run_final(
     started = time.perf_counter()
     splits = load_splits(final.data)
     test = _load_test(final, splits)
-    staging = bundle.staging_dir(out)
-    try:
+    publish = functools.partial(bundle.publish, overwrite=overwrite)
+    with staged_folder(out, publish=publish) as staging:
         runs, ensemble = _train_all(final, splits, test, staging, progress)
         report = build_report(final, splits, runs, ensemble, test)
         report["timings"]["total"] = time.perf_counter() - started
         write_report(staging, report)
         bundle.write_manifest(staging, manifest_body(final, runs, ensemble, splits.label_names))
-        bundle.publish(staging, out, overwrite)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return report
