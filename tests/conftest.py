@@ -1,9 +1,12 @@
-"""Shared fixtures: slices of the real nsmc4 reviews and one tiny offline backbone."""
+"""Shared fixtures: slices of the real nsmc4 reviews, a tiny offline backbone (files), a stub
+backbone, tiny in-memory BERTs (``tiny_bert``) and a PostgreSQL server."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 # Before transformers/huggingface_hub are imported: they read these once, at import.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -11,6 +14,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 ROOT = Path(__file__).resolve().parents[1]
 NSMC4 = Path(os.environ.get("FOCALTUNE_NSMC4", ROOT.parent / "shared" / "data" / "nsmc4"))
@@ -80,7 +86,7 @@ def stub_backbone(folder: Path) -> Path:
     For tests whose trials never train (their logits are drawn) but whose study must pass
     `study create`'s checks: the backbone loads offline and fits ``max_length``.
     """
-    from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
+    from transformers import BertTokenizerFast
 
     if (folder / "config.json").exists():
         return folder
@@ -88,9 +94,39 @@ def stub_backbone(folder: Path) -> Path:
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"abcdefghijklmnopqrstuvwxyz"]
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
     BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
-    config = BertConfig(
-        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=512,
-    )  # fmt: skip
-    BertForMaskedLM(config).save_pretrained(folder)
+    make_tiny_bert(vocab_size=len(vocab), layers=1, masked_lm=True).save_pretrained(folder)
     return folder
+
+
+def make_tiny_bert(
+    num_labels: int = 4,
+    *,
+    seed: int = 0,
+    vocab_size: int = 100,
+    layers: int = 2,
+    dropout: float = 0.1,
+    masked_lm: bool = False,
+) -> PreTrainedModel:
+    """A random 32-wide BERT built in memory (seeded): a sequence classifier with
+    ``num_labels`` outputs, or a masked LM. Token ids below ``vocab_size`` are valid."""
+    import torch
+    from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification
+
+    config = BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=64,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+        num_labels=num_labels,
+    )
+    torch.manual_seed(seed)
+    return BertForMaskedLM(config) if masked_lm else BertForSequenceClassification(config)
+
+
+@pytest.fixture
+def tiny_bert() -> Callable[..., PreTrainedModel]:
+    """``make_tiny_bert``: call it for as many tiny in-memory BERTs as a test needs."""
+    return make_tiny_bert

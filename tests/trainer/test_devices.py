@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification
 
 from search.launch import worker_env
 from trainer.devices import inference_precision, pin_one_gpu, training_precision, visible_gpus
@@ -101,18 +100,8 @@ def test_precision_on_cpu_and_explicit_settings() -> None:
     assert training_precision("fp16") == "fp16"
 
 
-def test_inference_precision_is_exactly_the_one_asked_for() -> None:
-    torch.manual_seed(0)
-    model = BertForSequenceClassification(
-        BertConfig(
-            vocab_size=50,
-            hidden_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=64,
-            num_labels=3,
-        )  # fmt: skip
-    ).eval()
+def test_inference_precision_is_exactly_the_one_asked_for(tiny_bert) -> None:
+    model = tiny_bert(num_labels=3, layers=1).eval()
     ids = torch.randint(5, 50, (4, 10))
     cpu = torch.device("cpu")
     before = torch.backends.cuda.matmul.allow_tf32

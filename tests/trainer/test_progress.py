@@ -7,30 +7,15 @@ import select
 from pathlib import Path
 
 import numpy as np
-import torch
 from datasets import Dataset
-from transformers import (
-    BertConfig,
-    BertForSequenceClassification,
-    Trainer,
-    TrainerState,
-    TrainingArguments,
-)
+from transformers import Trainer, TrainerState, TrainingArguments
 
+from tests.conftest import make_tiny_bert
 from trainer.progress import ProgressBar
 
 
 def train_with(bar: ProgressBar, out: Path) -> None:
     """Two epochs of a tiny BERT on random tokens, evaluated once per epoch."""
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=40,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        num_labels=2,
-    )
     rng = np.random.default_rng(0)
     rows = Dataset.from_dict(
         {
@@ -51,7 +36,7 @@ def train_with(bar: ProgressBar, out: Path) -> None:
         use_cpu=True,
     )
     trainer = Trainer(
-        model=BertForSequenceClassification(config),
+        model=make_tiny_bert(num_labels=2, layers=1),
         args=args,
         train_dataset=rows,
         eval_dataset=rows,

@@ -5,25 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification
+from transformers import BertForMaskedLM, BertForSequenceClassification
 
+from tests.conftest import make_tiny_bert
 from trainer.swa import LastK, average_state_dicts, snapshot
 
 
-def tiny_config() -> BertConfig:
-    return BertConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        vocab_size=100,
-        num_labels=4,
-    )
-
-
 def classifier(seed: int, persistent_ids: bool = False) -> BertForSequenceClassification:
-    torch.manual_seed(seed)
-    model = BertForSequenceClassification(tiny_config())
+    model = make_tiny_bert(seed=seed)
     if persistent_ids:
         # transformers 5 keeps position_ids/token_type_ids out of the state dict
         # (non-persistent); older checkpoints and other models save such integer buffers,
@@ -35,8 +24,7 @@ def classifier(seed: int, persistent_ids: bool = False) -> BertForSequenceClassi
 
 
 def masked_lm(seed: int) -> BertForMaskedLM:
-    torch.manual_seed(seed)
-    return BertForMaskedLM(tiny_config())
+    return make_tiny_bert(seed=seed, masked_lm=True)
 
 
 DECODER = "cls.predictions.decoder.weight"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from datasets import Dataset
-from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
+from transformers import PreTrainedModel, Trainer, TrainingArguments
 
 from trainer.config import DataConfig, Hyperparams, ModelConfig, TrainConfig, TrainSettings
 from trainer.data import load_splits
@@ -23,22 +23,9 @@ from trainer.train import (
 )
 
 
-def _tiny_classifier() -> BertForSequenceClassification:
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=50,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        hidden_dropout_prob=0.0,  # dropout would make the two runs differ by chance
-        attention_probs_dropout_prob=0.0,
-        num_labels=4,
-    )
-    return BertForSequenceClassification(config)
-
-
-def _one_step(batch_size: int, accumulation: int, tmp_path) -> dict[str, torch.Tensor]:
+def _one_step(
+    model: PreTrainedModel, batch_size: int, accumulation: int, tmp_path
+) -> dict[str, torch.Tensor]:
     rng = np.random.default_rng(0)
     rows = {
         "input_ids": [list(rng.integers(5, 50, size=12)) for _ in range(32)],
@@ -60,7 +47,6 @@ def _one_step(batch_size: int, accumulation: int, tmp_path) -> dict[str, torch.T
     )
     args = training_arguments(cfg, str(tmp_path / f"ga{accumulation}"))
     args.max_grad_norm = 0.0  # clipping off: compare raw gradient scale
-    model = _tiny_classifier()
     trainer = Trainer(
         model=model,
         args=args,
@@ -73,10 +59,11 @@ def _one_step(batch_size: int, accumulation: int, tmp_path) -> dict[str, torch.T
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def test_gradient_accumulation_4x8_equals_1x32(tmp_path) -> None:
-    start = {k: v.clone() for k, v in _tiny_classifier().state_dict().items()}
-    big = _one_step(32, 1, tmp_path)
-    small = _one_step(8, 4, tmp_path)
+def test_gradient_accumulation_4x8_equals_1x32(tmp_path, tiny_bert) -> None:
+    start = {k: v.clone() for k, v in tiny_bert(dropout=0.0).state_dict().items()}
+    # Same seed, no dropout: dropout would make the two runs differ by chance.
+    big = _one_step(tiny_bert(dropout=0.0), 32, 1, tmp_path)
+    small = _one_step(tiny_bert(dropout=0.0), 8, 4, tmp_path)
     moved = max((big[k] - start[k]).abs().max().item() for k in start)
     assert moved > 1e-3, "the SGD step must move the weights for the comparison to mean anything"
     for key in big:
