@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.search.test_dashboard import start_dashboard, study_ids
-from tests.search.test_reporting import finished_study, study_config
+from tests.search.conftest import finished_study, start_dashboard, study_config, study_ids
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -33,7 +32,7 @@ FLAGS = (
 
 # No skip when chromium is missing: `make test` installs it (tools/system-deps.sh), and a
 # suite that quietly leaves the dashboard untested must not say "passed".
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.process]
 
 
 @pytest.fixture(scope="module")

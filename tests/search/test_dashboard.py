@@ -1,20 +1,15 @@
 """`focaltune dashboard` as a real process, checked over real HTTP (urllib).
 
 The studies are real SQLite studies whose trials were reported by the real reporter
-(see test_reporting), so the artifacts served are the PNG files the workers wrote.
+(``finished_study`` in conftest), so the artifacts served are the PNG files the workers
+wrote. Tests that need the dashboard running are marked ``process``; the command's refusals
+run in-process.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import selectors
-import subprocess
-import sys
 import threading
-import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import optuna
 import pytest
@@ -24,46 +19,15 @@ from search.cli import main
 from search.dashboard import is_loopback
 from search.reporting import make_trial_reporter
 from storage import open_storage
-from tests.search.test_reporting import finished_study, objective_for, study_config
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def start_dashboard(*args: str, env: dict | None = None, cwd: Path = ROOT):
-    """Start `focaltune dashboard --port 0 ...`; returns the process and its base URL."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "search.cli", "dashboard", "--port", "0", *args],
-        cwd=cwd,
-        env=dict(os.environ, **(env or {})),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        while sel.select(timeout=120):
-            line = proc.stdout.readline()
-            if not line:
-                break
-            if "http://" in line:
-                return proc, line.split("http://", 1)[1].split("/dashboard")[0], line
-    proc.kill()
-    raise AssertionError(f"dashboard did not start: {proc.stderr.read()[-2000:]}")
-
-
-def get(base: str, path: str) -> tuple[int, str, bytes]:
-    with urllib.request.urlopen(f"http://{base}{path}", timeout=30) as response:
-        return response.status, response.headers["Content-Type"], response.read()
-
-
-def get_json(base: str, path: str) -> dict:
-    return json.loads(get(base, path)[2])
-
-
-def study_ids(base: str) -> dict[str, int]:
-    return {
-        s["study_name"]: s["study_id"] for s in get_json(base, "/api/studies")["study_summaries"]
-    }
+from tests.search.conftest import (
+    finished_study,
+    get,
+    get_json,
+    run_trials,
+    start_dashboard,
+    study_config,
+    study_ids,
+)
 
 
 @pytest.fixture(scope="module")
@@ -80,11 +44,13 @@ def served(tmp_path_factory, nsmc_csv) -> Iterator[dict]:
     proc.wait(timeout=30)
 
 
+@pytest.mark.process
 def test_binds_loopback_by_default(served) -> None:
     assert served["base"].startswith("127.0.0.1:")
     assert str(served["root"] / "study.db") in served["line"]
 
 
+@pytest.mark.process
 def test_serves_the_studies_their_trials_notes_and_artifact_files(served) -> None:
     base, root = served["base"], served["root"]
     ids = study_ids(base)
@@ -104,12 +70,14 @@ def test_serves_the_studies_their_trials_notes_and_artifact_files(served) -> Non
                 assert body == (folder / meta["artifact_id"]).read_bytes()
 
 
+@pytest.mark.process
 def test_the_dashboard_page_is_served(served) -> None:
     status, kind, body = get(served["base"], "/dashboard")
     assert status == 200 and kind.startswith("text/html")
     assert b"<script" in body
 
 
+@pytest.mark.process
 def test_a_study_created_after_start_has_its_artifacts_served(served, tmp_path) -> None:
     cfg = study_config(served["train"], name="later", artifacts=str(tmp_path / "later-art"))
     study = finished_study(served["url"], cfg)
@@ -120,11 +88,17 @@ def test_a_study_created_after_start_has_its_artifacts_served(served, tmp_path) 
     assert body == (tmp_path / "later-art" / meta.artifact_id).read_bytes()
 
 
+@pytest.mark.process
 def test_reading_does_not_disturb_a_running_worker(served) -> None:
     url, base = served["url"], served["base"]
     cfg = study_config(served["train"], name="busy")
     storage = open_storage(url, heartbeat_interval=5, grace_period=30)  # as a worker opens it
-    study = optuna.create_study(study_name="busy", storage=storage, direction="maximize")
+    study = optuna.create_study(
+        study_name="busy",
+        storage=storage,
+        direction="maximize",
+        pruner=optuna.pruners.NopPruner(),  # all 12 trials write every evaluation
+    )
     reporter = make_trial_reporter(study, cfg, url)
     sid = study_ids(base)["busy"]
     reads, errors, stop = [], [], threading.Event()
@@ -139,7 +113,7 @@ def test_reading_does_not_disturb_a_running_worker(served) -> None:
     poller = threading.Thread(target=poll)
     poller.start()
     try:
-        study.optimize(objective_for(cfg, reporter, [0.3, 0.5]), n_trials=12)
+        run_trials(study, cfg, reporter, [0.3, 0.5], n_trials=12)
     finally:
         stop.set()
         poller.join(timeout=60)
@@ -162,6 +136,7 @@ def test_an_unreachable_server_is_bad_input_without_the_password(capsys, monkeyp
     assert "127.0.0.1" in err and "hunter2-secret" not in out + err
 
 
+@pytest.mark.process
 def test_listening_beyond_loopback_warns(served) -> None:
     proc, base, _ = start_dashboard("--host", "0.0.0.0", "--storage", served["url"])
     proc.terminate()
@@ -176,6 +151,7 @@ def test_is_loopback() -> None:
 
 
 @pytest.mark.postgres
+@pytest.mark.process
 def test_serves_a_postgresql_study_and_never_shows_the_password(
     postgres, postgres_url, nsmc_csv, tmp_path, monkeypatch
 ) -> None:

@@ -1,19 +1,16 @@
 """The trial reporter on real SQLite studies: PNG artifacts, dashboard notes, failure policy.
 
-Trials run through ``study.optimize`` with the real search space (``suggest``), and their
-evaluation records carry real ``classification_metrics`` of real nsmc4 labels; only the
-logits are drawn (seeded) instead of trained, so a trial takes milliseconds. The objective
-below follows ``search/objective.py``'s hook contract (end_reason set, hook in ``finally``).
-One slow test runs the real `focaltune worker` end to end.
+Trials run through ``study.optimize`` with the real objective (``make_objective``: the search
+space, reports, pruning, best-evaluation attributes, the reporter as its hook); only
+``train_model`` is replaced (``drawn_training`` in conftest): its evaluation records carry
+real ``classification_metrics`` of real nsmc4 labels with drawn (seeded) logits, so a trial
+takes milliseconds. One slow test runs the real `focaltune worker` end to end.
 """
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
-from pathlib import Path
 
-import numpy as np
 import optuna
 import pytest
 import yaml
@@ -21,84 +18,18 @@ from optuna.artifacts import download_artifact, get_all_artifact_meta
 from optuna.trial import TrialState
 from optuna_dashboard._note import get_note_from_system_attrs
 
-from search.config import StudyConfig, parse_study_config
 from search.reporting import ReportingError, artifact_dir, make_trial_reporter, wandb_dir
-from search.space import suggest
-from search.study import create_study, stored_config
 from storage import open_storage
-from tests.conftest import read_nsmc, stub_backbone
-from trainer.callbacks import EvalRecord
+from tests.search.conftest import eval_records, finished_study, focaltune, run_trials, study_config
 from trainer.errors import BadInput
-from trainer.metrics import classification_metrics
+from trainer.train import NonFiniteLoss
 
 PNG = b"\x89PNG\r\n\x1a\n"
-KOREAN = ["매우 부정", "부정", "긍정", "매우 긍정"]
-
-
-def study_config(train: Path, name: str = "watch", **tracking: object) -> StudyConfig:
-    raw = {
-        "study": {"name": name},
-        "data": {"train": str(train), "labels": KOREAN},
-        "model": {"name_or_path": str(stub_backbone(Path(train).parent / "stub-backbone"))},
-        "tracking": tracking,
-    }
-    return parse_study_config(raw, "test config")
-
-
-def eval_records(curve: list[float], seed: int = 0) -> list[EvalRecord]:
-    """One record per evaluation; ``curve`` sets how often the logits favour the true label."""
-    labels = read_nsmc("train", 300)["label"].to_numpy()
-    rng = np.random.default_rng(seed)
-    records = []
-    for index, skill in enumerate(curve, start=1):
-        logits = rng.normal(size=(len(labels), 4))
-        logits[np.arange(len(labels)), labels] += 4.0 * (rng.random(len(labels)) < skill)
-        metrics = classification_metrics(logits, labels, 4)
-        records.append(EvalRecord(index, index / 2, index * 10, metrics))
-    return records
-
-
-def objective_for(
-    cfg: StudyConfig,
-    reporter: Callable,
-    curve: list[float],
-    prune_at: int | None = None,
-    error: BaseException | None = None,
-) -> Callable[[optuna.Trial], float]:
-    def objective(trial: optuna.Trial) -> float:
-        suggest(trial, cfg)
-        history: list[EvalRecord] = []
-        try:
-            for record in eval_records(curve, seed=trial.number):
-                history.append(record)
-                trial.report(record.accuracy, record.index)
-                if record.index == prune_at:
-                    trial.set_user_attr("end_reason", f"pruned at evaluation {record.index}")
-                    raise optuna.TrialPruned()
-            if error is not None:
-                raise error
-            trial.set_user_attr("end_reason", "completed")
-            return max(r.accuracy for r in history)
-        finally:
-            reporter(trial, history, None)
-
-    return objective
 
 
 def note_of(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> str:
     attrs = study._storage.get_study_system_attrs(study._study_id)
     return get_note_from_system_attrs(attrs, trial._trial_id)["body"]
-
-
-def finished_study(url: str, cfg: StudyConfig) -> optuna.Study:
-    """A study made by ``create_study`` (config stored in it, as the dashboard reads it) with
-    one COMPLETE and one PRUNED trial, reported by the real reporter with the stored config."""
-    study = create_study(cfg, open_storage(url, heartbeat_interval=None))
-    cfg = stored_config(study)
-    reporter = make_trial_reporter(study, cfg, url)
-    study.optimize(objective_for(cfg, reporter, [0.2, 0.6, 0.4]), n_trials=1)
-    study.optimize(objective_for(cfg, reporter, [0.1, 0.15, 0.3], prune_at=2), n_trials=1)
-    return study
 
 
 def test_artifacts_and_notes_of_a_completed_and_a_pruned_trial(tmp_path, nsmc_csv) -> None:
@@ -126,8 +57,10 @@ def test_artifacts_and_notes_of_a_completed_and_a_pruned_trial(tmp_path, nsmc_cs
             assert copy.stat().st_size > 5_000
     assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no temp files left
 
+    records = eval_records([0.2, 0.6, 0.4], seed=0)
+    assert complete.value == max(r.accuracy for r in records)  # the objective's return value
     note = note_of(study, complete)
-    accuracies = [f"{r.accuracy:.4f}" for r in eval_records([0.2, 0.6, 0.4], seed=0)]
+    accuracies = [f"{r.accuracy:.4f}" for r in records]
     assert all(a in note for a in accuracies)
     assert f"| 2 **best** | 1.00 | {accuracies[1]}" in note  # the best evaluation is marked
     assert f"focal gamma | {complete.params['focal_gamma']:.3f}" in note
@@ -142,12 +75,32 @@ def test_an_unexpected_error_is_named_in_the_note(tmp_path, nsmc_csv) -> None:
     cfg = study_config(nsmc_csv(300))
     study = optuna.create_study(storage=open_storage(url, heartbeat_interval=None))
     reporter = make_trial_reporter(study, cfg, url)
-    objective = objective_for(cfg, reporter, [0.3], error=ValueError("tokenizer exploded"))
-    study.optimize(objective, n_trials=1, catch=(ValueError,))
+    run_trials(
+        study, cfg, reporter, [0.3], error=ValueError("tokenizer exploded"), catch=(ValueError,)
+    )
     trial = study.trials[0]
     assert trial.state == TrialState.FAIL
     assert "failed: ValueError: tokenizer exploded" in note_of(study, trial)
     assert len(get_all_artifact_meta(trial, storage=study._storage)) == 2
+
+
+def test_a_diverged_trial_fails_with_the_objectives_reason_and_keeps_its_best_metrics(
+    tmp_path, nsmc_csv
+) -> None:
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    cfg = study_config(nsmc_csv(300))
+    study = optuna.create_study(storage=open_storage(url, heartbeat_interval=None))
+    reporter = make_trial_reporter(study, cfg, url)
+    error = NonFiniteLoss("loss is nan at step 7")
+    run_trials(study, cfg, reporter, [0.2, 0.6], error=error, catch=(NonFiniteLoss,))
+    trial = study.trials[0]
+    records = eval_records([0.2, 0.6], seed=0)
+    assert trial.state == TrialState.FAIL
+    assert trial.user_attrs["end_reason"] == "failed: diverged: loss is nan at step 7"
+    assert trial.user_attrs["accuracy"] == records[1].accuracy  # the better evaluation
+    assert trial.user_attrs["best_eval_index"] == 2
+    assert trial.user_attrs["accuracy_curve"] == [round(r.accuracy, 5) for r in records]
+    assert "Ended: failed: diverged: loss is nan at step 7." in note_of(study, trial)
 
 
 def test_an_artifact_write_failure_fails_that_trial_and_the_next_one_runs(
@@ -160,10 +113,10 @@ def test_an_artifact_write_failure_fails_that_trial_and_the_next_one_runs(
     # The store's folder becomes a plain file: every write there fails with an OSError.
     shutil.rmtree(tmp_path / "store")
     (tmp_path / "store").write_text("not a folder")
-    study.optimize(objective_for(cfg, reporter, [0.5]), n_trials=1, catch=(ReportingError,))
+    run_trials(study, cfg, reporter, [0.5], catch=(ReportingError,))
     (tmp_path / "store").unlink()
     (tmp_path / "store").mkdir()  # space again: the worker's next trial succeeds
-    study.optimize(objective_for(cfg, reporter, [0.5]), n_trials=1, catch=(ReportingError,))
+    run_trials(study, cfg, reporter, [0.5], catch=(ReportingError,))
 
     failed, ok = study.trials
     assert failed.state == TrialState.FAIL and ok.state == TrialState.COMPLETE
@@ -179,8 +132,8 @@ def test_a_trial_already_failing_keeps_its_own_reason(tmp_path, nsmc_csv) -> Non
     reporter = make_trial_reporter(study, cfg, url)
     shutil.rmtree(tmp_path / "store")
     (tmp_path / "store").write_text("not a folder")
-    objective = objective_for(cfg, reporter, [0.5], error=ArithmeticError("loss is nan"))
-    study.optimize(objective, n_trials=1, catch=(ArithmeticError,))
+    error = ArithmeticError("loss is nan")
+    run_trials(study, cfg, reporter, [0.5], error=error, catch=(ArithmeticError,))
     assert "failed: ArithmeticError: loss is nan" in note_of(study, study.trials[0])
 
 
@@ -189,9 +142,8 @@ def test_an_interrupted_trial_gets_a_note_and_the_interrupt_goes_on(tmp_path, ns
     cfg = study_config(nsmc_csv(300))
     study = optuna.create_study(storage=open_storage(url, heartbeat_interval=None))
     reporter = make_trial_reporter(study, cfg, url)
-    objective = objective_for(cfg, reporter, [0.5], error=KeyboardInterrupt("SIGTERM"))
     with pytest.raises(KeyboardInterrupt):
-        study.optimize(objective, n_trials=1)
+        run_trials(study, cfg, reporter, [0.5], error=KeyboardInterrupt("SIGTERM"))
     trial = study.trials[0]
     assert "Ended: interrupted: SIGTERM." in note_of(study, trial)
     assert get_all_artifact_meta(trial, storage=study._storage) == []  # stop promptly
@@ -221,9 +173,8 @@ def test_default_folders_sit_beside_the_sqlite_file_or_in_the_working_folder(
 
 
 @pytest.mark.slow
+@pytest.mark.process
 def test_a_real_worker_leaves_artifacts_notes_and_wandb_runs(tmp_path, write_config) -> None:
-    from tests.search.conftest import focaltune
-
     url = f"sqlite:///{tmp_path / 'w.db'}"
     config = write_config(
         "e2e",

@@ -23,13 +23,13 @@ import pytest
 from wandb.proto import wandb_internal_pb2
 
 from search.tracking import evaluation_rows
-from tests.search.test_reporting import KOREAN, eval_records
+from tests.search.conftest import KOREAN, eval_records
 
 ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "pw-that-must-not-leak"
 WRITE_RUNS = """
 import sys
-from tests.search.test_reporting import finished_study, study_config
+from tests.search.conftest import finished_study, study_config
 cfg = study_config(sys.argv[2], wandb={"enabled": True, "mode": "offline"})
 finished_study(sys.argv[1], cfg)
 # Online mode with no account: W&B fails once, is turned off, the trials are unaffected.
@@ -83,6 +83,7 @@ def no_network_prefix() -> list[str]:
     return []  # no permission for a network namespace: offline mode is still checked
 
 
+@pytest.mark.process
 def test_offline_runs_one_per_trial_grouped_by_study_and_online_failure_is_harmless(
     tmp_path: Path, nsmc_csv
 ) -> None:
