@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # The CPU wheel of torch lies on this kind of machine; elsewhere pip picks the build for the host.
 TORCH  ?= $(if $(wildcard /opt/wheels/torch-2.13.0+cpu-*.whl),torch==2.13.0,torch>=2.4)
 
-.PHONY: install system-deps demo-config search test lint format bench soak db-up db-down clean
+.PHONY: install system-deps demo-config search test test-fast lint format bench soak db-up db-down clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,13 @@ system-deps:
 # servers, so they overlap well on 2 cores; each process keeps torch to one thread.
 test: system-deps install lint
 	OMP_NUM_THREADS=1 $(BIN)/pytest -q -n 3
+
+# The fast tier, chosen by marker: unit and in-process tests only (no PostgreSQL, browser,
+# CLI subprocesses, workers, dashboard server or training runs; no system parts needed).
+FAST := not slow and not postgres and not browser and not process and not soak
+
+test-fast: install
+	OMP_NUM_THREADS=1 $(BIN)/pytest -q -n 2 -m "$(FAST)"
 
 # The demo study: nsmc4 reviews, an offline backbone built from them, 2 local workers.
 NSMC4 ?= ../shared/data/nsmc4

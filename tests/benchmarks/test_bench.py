@@ -19,6 +19,7 @@ TINY += ["--threads", "1", "--orch-filled", "20", "--orch-trials", "2", "--overh
 
 @pytest.mark.slow
 @pytest.mark.postgres
+@pytest.mark.process
 def test_bench_runs_every_part_and_writes_consistent_json(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "bench.py"), *TINY]

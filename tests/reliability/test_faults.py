@@ -26,7 +26,7 @@ from tests.search.conftest import start_worker
 from tests.search.test_worker import finish, states
 from tools.postgres import LocalPostgres
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.process]
 TINY = {"pruner": {"type": "none"}}  # no pruning: every trial's end is the fault's doing
 OBJECTIVE_ENDS = ("failed:", "not run:")  # the objective's own end reasons for a FAIL
 T = TypeVar("T")

@@ -28,6 +28,8 @@ from tests.reliability.conftest import assert_refused, cli, free_port
 from tests.search.conftest import ROOT
 from trainer.final.bundle import MANIFEST, write_manifest
 
+pytestmark = pytest.mark.process  # every test runs the CLI or another process
+
 COMMANDS = ("study", "worker", "launch", "status", "export", "dashboard", "predict", "final")
 
 

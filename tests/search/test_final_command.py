@@ -12,6 +12,7 @@ from trainer.config import DataConfig, FinalConfig, Hyperparams, MemberConfig, W
 
 
 @pytest.mark.slow
+@pytest.mark.process
 def test_final_logs_members_and_ensemble_to_wandb_offline(tiny_backbone, nsmc_csv, tmp_path):
     members = [
         MemberConfig(model=str(tiny_backbone), params=Hyperparams(epochs=1), seed=seed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import optuna
+import pytest
 import yaml
 
 from search.config import load_study_config
@@ -27,6 +28,7 @@ def test_create_is_idempotent_and_stores_the_config(write_config, tmp_path) -> N
     assert waiting[0].system_attrs["fixed_params"] == {"focal_gamma": 2.965}
 
 
+@pytest.mark.process
 def test_different_config_is_refused_with_the_difference(write_config, tmp_path) -> None:
     url = f"sqlite:///{tmp_path / 's.db'}"
     assert focaltune("study", "create", str(write_config("s2")), "--storage", url).returncode == 0
@@ -37,6 +39,7 @@ def test_different_config_is_refused_with_the_difference(write_config, tmp_path)
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.process
 def test_bad_data_leaves_no_study(write_config, tmp_path) -> None:
     db = tmp_path / "s.db"
     path = write_config("s3", data={"text_column": "nope"})

@@ -28,7 +28,7 @@ from tests.search.conftest import ROOT, focaltune, start_worker
 from trainer.config import FinalConfig
 from trainer.train import NonFiniteLoss
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.process]
 
 
 def created(write_config, url: str, name: str, **sections) -> optuna.Study:

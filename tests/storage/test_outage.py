@@ -16,8 +16,6 @@ from storage.errors import BadStorage, StorageUnreachable
 from storage.outage import is_connection_error, wait_for_storage
 from tools.postgres import LocalPostgres
 
-pytestmark = pytest.mark.postgres
-
 
 @pytest.fixture
 def server(tmp_path: Path):
@@ -25,6 +23,7 @@ def server(tmp_path: Path):
         yield pg
 
 
+@pytest.mark.postgres
 def test_connection_errors_are_told_from_query_errors(postgres_url: str) -> None:
     engine = sqlalchemy.create_engine(postgres_url)
     with pytest.raises(sqlalchemy.exc.ProgrammingError) as bad_query, engine.connect() as conn:
@@ -39,6 +38,7 @@ def test_connection_errors_are_told_from_query_errors(postgres_url: str) -> None
     assert is_connection_error(wrapped)
 
 
+@pytest.mark.postgres
 def test_a_read_waits_for_a_restarted_server(server: LocalPostgres) -> None:
     storage = open_storage(server.create_database("wait"), heartbeat_interval=None)
     study = optuna.create_study(study_name="s", storage=storage)
@@ -54,6 +54,7 @@ def test_a_read_waits_for_a_restarted_server(server: LocalPostgres) -> None:
     assert waited >= 2.5, f"returned after {waited:.1f} s, before the server came back"
 
 
+@pytest.mark.postgres
 def test_an_outage_longer_than_the_limit_is_an_error(server: LocalPostgres) -> None:
     storage = open_storage(
         server.create_database("gone"), heartbeat_interval=None, outage_seconds=2
@@ -68,6 +69,7 @@ def test_an_outage_longer_than_the_limit_is_an_error(server: LocalPostgres) -> N
         storage.create_new_trial(study_id)  # not repeatable: fails at once, no wait
 
 
+@pytest.mark.postgres
 def test_a_missed_heartbeat_does_not_end_the_heartbeats(server: LocalPostgres) -> None:
     storage = open_storage(server.create_database("beat"), heartbeat_interval=1, grace_period=5)
     study_id = storage.create_new_study([optuna.study.StudyDirection.MAXIMIZE], "s")
@@ -96,6 +98,7 @@ def test_sqlite_storages_do_not_wait(tmp_path: Path) -> None:
     assert storage.outage_seconds == 0  # a lock wait is SQLite's busy timeout's job
 
 
+@pytest.mark.postgres
 def test_the_outage_limit_comes_from_the_environment(
     server: LocalPostgres, monkeypatch: pytest.MonkeyPatch
 ) -> None:

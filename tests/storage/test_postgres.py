@@ -103,6 +103,7 @@ def test_url_before_start_is_an_error(server_root: Path) -> None:
         LocalPostgres(server_root / "never").url()
 
 
+@pytest.mark.process
 def test_cli_up_is_idempotent_and_down_stops(server_root: Path) -> None:
     first = run_cli("up", server_root)
     try:

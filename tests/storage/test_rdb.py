@@ -107,6 +107,7 @@ def test_sqlite_file_is_wal_and_every_new_connection_waits_when_busy(tmp_path: P
                 assert busy_ms == SQLITE_BUSY_TIMEOUT_S * 1000
 
 
+@pytest.mark.process
 def test_sqlite_writer_waits_for_a_held_lock_instead_of_failing(tmp_path: Path) -> None:
     path = tmp_path / "study.db"
     storage = open_storage(f"sqlite:///{path}")
@@ -192,6 +193,7 @@ def any_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+@pytest.mark.process
 def test_killed_workers_trial_fails_and_is_retried_by_the_next_worker(any_url: str) -> None:
     storage = open_storage(any_url, heartbeat_interval=1, grace_period=3)
     study = optuna.create_study(storage=storage, study_name="hb", direction="maximize")

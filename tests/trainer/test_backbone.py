@@ -195,6 +195,7 @@ def focaltune(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*command, *args], capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.process
 def test_cli_builds_a_backbone(nsmc_csv, tmp_path: Path) -> None:
     out = tmp_path / "cli"
     flags = ["--vocab-size", "500", "--layers", "1", "--hidden", "32", "--max-length", "32"]
@@ -205,6 +206,7 @@ def test_cli_builds_a_backbone(nsmc_csv, tmp_path: Path) -> None:
     assert report["settings"]["hidden"] == 32 and (out / "model.safetensors").is_file()
 
 
+@pytest.mark.process
 def test_cli_missing_train_file_exits_2_with_one_line(tmp_path: Path) -> None:
     missing = tmp_path / "nope.csv"
     done = focaltune("backbone", "build", "--train", str(missing), "--out", str(tmp_path / "o"))

@@ -197,6 +197,7 @@ def test_predict_and_a_reloaded_bundle_give_the_same_probabilities(bundle, nsmc_
 
 
 @pytest.mark.slow
+@pytest.mark.process
 def test_tampered_weights_exit_2_in_a_real_process(bundle, nsmc_csv, tmp_path):
     copy = tmp_path / "bundle"
     shutil.copytree(bundle[0], copy)

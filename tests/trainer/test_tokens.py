@@ -127,6 +127,7 @@ def write_data(path: Path, texts: list[str], labels: np.ndarray) -> Path:
     return path
 
 
+@pytest.mark.process
 def test_second_process_reads_the_cache_without_tokenising(make_tokenizer, reviews, tmp_path):
     texts, labels = reviews
     folder = make_tokenizer(1200)
@@ -140,6 +141,7 @@ def test_second_process_reads_the_cache_without_tokenising(make_tokenizer, revie
     assert json.loads((tmp_path / "second.json").read_text()) == first.to_dict()
 
 
+@pytest.mark.process
 def test_racing_workers_publish_one_complete_entry(make_tokenizer, reviews, tmp_path):
     texts, labels = reviews
     folder, data = make_tokenizer(1200), write_data(tmp_path / "data.json", texts, labels)
