@@ -22,8 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from benchmarks.soak import keeps_params
 from tests.reliability.conftest import new_study
-from tests.search.conftest import start_worker
-from tests.search.test_worker import finish, states
+from tests.search.conftest import finish, start_worker, states
 from tools.postgres import LocalPostgres
 
 pytestmark = [pytest.mark.slow, pytest.mark.process]

@@ -19,6 +19,7 @@ import numpy as np
 import optuna
 import pytest
 import yaml
+from optuna.trial import TrialState
 
 from search.config import StudyConfig, parse_study_config
 from search.objective import make_objective
@@ -229,3 +230,16 @@ def study_ids(base: str) -> dict[str, int]:
     return {
         s["study_name"]: s["study_id"] for s in get_json(base, "/api/studies")["study_summaries"]
     }
+
+
+def states(study: optuna.Study) -> dict[str, int]:
+    trials = study.get_trials(deepcopy=False)
+    return {s.name: sum(t.state == s for t in trials) for s in TrialState}
+
+
+def finish(procs: list[subprocess.Popen], timeout: float = 420) -> list[str]:
+    outputs = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=timeout)
+        outputs.append(out)
+    return outputs

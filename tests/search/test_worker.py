@@ -24,7 +24,7 @@ from search.config import load_study_config
 from search.study import create_study
 from search.worker import ahead_of, run_worker
 from storage import open_storage
-from tests.search.conftest import ROOT, focaltune, start_worker
+from tests.search.conftest import ROOT, finish, focaltune, start_worker, states
 from trainer.config import FinalConfig
 from trainer.train import NonFiniteLoss
 
@@ -36,11 +36,6 @@ def created(write_config, url: str, name: str, **sections) -> optuna.Study:
     return create_study(cfg, open_storage(url, heartbeat_interval=None))
 
 
-def states(study: optuna.Study) -> dict[str, int]:
-    trials = study.get_trials(deepcopy=False)
-    return {s.name: sum(t.state == s for t in trials) for s in TrialState}
-
-
 def wait_for_running(study: optuna.Study, timeout: float = 120) -> optuna.trial.FrozenTrial:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -49,14 +44,6 @@ def wait_for_running(study: optuna.Study, timeout: float = 120) -> optuna.trial.
             return running[0]
         time.sleep(0.3)
     raise AssertionError("no trial reached its first evaluation in time")
-
-
-def finish(procs: list[subprocess.Popen], timeout: float = 420) -> list[str]:
-    outputs = []
-    for proc in procs:
-        out, _ = proc.communicate(timeout=timeout)
-        outputs.append(out)
-    return outputs
 
 
 @pytest.mark.postgres

@@ -17,11 +17,11 @@ import torch
 from rich.progress import Progress
 from transformers import AutoTokenizer, TrainerCallback
 
+import trainer.final.bundle as bundle
 from trainer.callbacks import EvalRecord
 from trainer.config import FinalConfig, ModelConfig, TrainConfig
 from trainer.data import Splits
 from trainer.devices import training_precision
-from trainer.final import bundle
 from trainer.final.predict import predict_probs
 from trainer.metrics import probs_metrics
 from trainer.swa import LastK, snapshot

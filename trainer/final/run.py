@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import trainer.final.bundle as bundle
 from trainer.config import FinalConfig
 from trainer.data import Splits, load_labelled, load_splits
 from trainer.files import staged_folder
-from trainer.final import bundle
 from trainer.final.ensemble import Ensemble, fit_ensemble
 from trainer.final.members import LabelledSet, MemberRun, retrain_full, train_member
 from trainer.final.predict import progress_bar
