@@ -175,18 +175,23 @@ def make_pruner(cfg: StudyConfig) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def load_existing(url: str, name: str, storage: Any = None) -> optuna.Study:
-    """Load a study for reading; a missing one is bad input (lists the ones that exist).
-
-    A SQLite file that does not exist is reported, not created empty. ``storage``: one the
-    caller opened for ``url`` (to close its connections later), else a new one.
-    """
+def require_database(url: str) -> None:
+    """A SQLite file that does not exist is bad input: opening it would create it empty."""
     path = sqlite_path(url)
     if path is not None and not path.exists():
         raise BadInput(
             f"no database at {path}; check --storage / FOCALTUNE_STORAGE or create the "
             "study first with `focaltune study create`"
         )
+
+
+def load_existing(url: str, name: str, storage: Any = None) -> optuna.Study:
+    """Load a study for reading; a missing one is bad input (lists the ones that exist).
+
+    A SQLite file that does not exist is reported, not created empty. ``storage``: one the
+    caller opened for ``url`` (to close its connections later), else a new one.
+    """
+    require_database(url)
     storage = storage or open_storage(url, heartbeat_interval=None)
     names = optuna.get_all_study_names(storage)
     if name not in names:
