@@ -43,9 +43,10 @@ def argmax_distribution(probs: np.ndarray) -> np.ndarray:
 
 def test_ensemble_of_identical_members_equals_one_member() -> None:
     probs, labels = calibrated_problem(0)
-    np.testing.assert_allclose(average_probs([probs] * 3), probs, rtol=0, atol=1e-15)
+    # A weighted mean (tensordot, possibly BLAS) against the input: float64 ulps, not bits.
+    np.testing.assert_allclose(average_probs([probs] * 3), probs, rtol=0, atol=1e-8)
     weights = fit_weights([probs] * 3, labels)
-    np.testing.assert_allclose(average_probs([probs] * 3, weights), probs, atol=1e-15)
+    np.testing.assert_allclose(average_probs([probs] * 3, weights), probs, atol=1e-8)
 
 
 def test_average_probs_uses_normalised_weights() -> None:
@@ -79,7 +80,7 @@ def test_tuned_weights_are_on_the_simplex_and_never_worse_than_uniform(seed: int
     assert weights.shape == (3,) and np.all(weights >= 0)
     assert weights.sum() == pytest.approx(1.0)
     tuned = nll(average_probs(members, weights), labels)
-    assert tuned <= nll(average_probs(members), labels) + 1e-12
+    assert tuned <= nll(average_probs(members), labels) + 1e-8  # L-BFGS starts at uniform
 
 
 def test_tuned_weights_down_weight_a_pure_noise_member() -> None:
@@ -108,7 +109,7 @@ def test_prior_bias_recovers_a_skewed_prior() -> None:
     # The fitted bias approximately undoes the re-weighting (up to a constant).
     centred = -np.log(alpha) + np.log(alpha).mean()
     np.testing.assert_allclose(bias, centred, atol=0.15)
-    assert bias.mean() == pytest.approx(0.0, abs=1e-12)
+    assert bias.mean() == pytest.approx(0.0, abs=1e-8)  # centred; uncentred would be ~0.1
 
 
 def test_prior_bias_leaves_a_calibrated_model_nearly_unchanged() -> None:

@@ -97,14 +97,16 @@ def test_ensemble_of_identical_members_equals_one_member(tiny_backbone, nsmc_csv
     for name in ("uniform", "tuned"):
         np.testing.assert_allclose(ensemble.variants[name].weights, 1 / 3)
         assert ensemble.validation[name]["confusion"] == one["confusion"]
-        # float64 mean of three copies of the same array: each row moves by at most a few
-        # ulps (~1e-16), so the NLLs agree to far better than 1e-12 on any CPU.
-        assert ensemble.validation[name]["nll"] == pytest.approx(one["nll"], rel=1e-12)
+        # Two float64 paths (a weighted mean of three copies, then the NLL; the NLL alone):
+        # they agree to a few ulps (~1e-15) on any CPU or thread count. 1e-7 leaves room for
+        # that and still sees any real difference (a wrong weight moves the NLL by >1e-3).
+        assert ensemble.validation[name]["nll"] == pytest.approx(one["nll"], rel=1e-7)
     # The prior bias is fitted by an iterative solver, which can turn an ulp of difference in
     # its input into more than an ulp in its output: give it the very input fit_ensemble does.
     mixed = combine([probs] * 3, ensemble.variants["uniform"].weights, None)
     expected = probs_metrics(apply_bias(mixed, fit_prior_bias(mixed, prior)), splits.eval_labels)
-    assert ensemble.validation["uniform+prior"]["nll"] == pytest.approx(expected["nll"], rel=1e-12)
+    # Same input, same solver (stopping at steps < 1e-10): equal far within 1e-7.
+    assert ensemble.validation["uniform+prior"]["nll"] == pytest.approx(expected["nll"], rel=1e-7)
 
 
 def test_a_non_empty_destination_is_refused_before_any_training(tiny_backbone, tmp_path):
