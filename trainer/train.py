@@ -244,12 +244,16 @@ def train_model(
 
     recorder = EvalRecorder(lambda: dict(last_metrics), on_evaluate, keep_best_weights)
     with tempfile.TemporaryDirectory(prefix="focaltune-run-") as scratch:
-        trainer = build_trainer(cfg, splits, scratch, compute_metrics=compute_metrics)
-        t, n_train = cfg.train, len(trainer.train_dataset)
+        t, n_train = cfg.train, len(splits.train_texts)
         steps_per_epoch = math.ceil(n_train / (t.batch_size * t.gradient_accumulation_steps))
         points = eval_points(steps_per_epoch, cfg.params.epochs, t.evals_per_epoch)
-        for callback in (EvalSchedule(points), recorder, *(callbacks or [])):
-            trainer.add_callback(callback)
+        trainer = build_trainer(
+            cfg,
+            splits,
+            scratch,
+            compute_metrics=compute_metrics,
+            callbacks=[EvalSchedule(points), recorder, *(callbacks or [])],
+        )
         started = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - started

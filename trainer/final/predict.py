@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 from rich.progress import Progress
+from transformers import DataCollatorWithPadding
 
 from trainer.data import INT_LIKE
 from trainer.devices import Precision, inference_precision
@@ -59,6 +60,7 @@ def predict_probs(
     # Tokenised in one call up front (the fast tokenizer works in parallel), so the GPU does
     # not wait on Python between batches; each batch then only pads.
     encoded = tokenizer(list(texts), truncation=True, max_length=max_length)
+    pad = DataCollatorWithPadding(tokenizer)  # the tokenizer's own padding, as in training
     # Texts of similar length share a batch, so little compute goes to padding.
     order = np.argsort([len(ids) for ids in encoded["input_ids"]], kind="stable")
     out = np.empty((len(texts), model.config.num_labels), dtype=np.float64)
@@ -66,32 +68,14 @@ def predict_probs(
     with torch.inference_mode(), inference_precision(precision, device):
         for start in range(0, len(texts), batch_size):
             index = order[start : start + batch_size]
-            batch = {k: v.to(device) for k, v in padded(encoded, index, tokenizer).items()}
+            rows = [{key: encoded[key][i] for key in encoded} for i in index]
+            batch = {k: v.to(device) for k, v in pad(rows).items()}
             # Softmax in float64, so each row sums to 1 to ~1e-16 in the written file.
             logits = model(**batch).logits.double()
             out[index] = torch.softmax(logits, dim=-1).cpu().numpy()
             if task is not None:
                 progress.advance(task, len(index))
     return out
-
-
-def padded(encoded: Any, index: np.ndarray, tokenizer: Any) -> dict[str, torch.Tensor]:
-    """Rows ``index`` of a tokenizer's output as padded tensors (the tokenizer's pad side)."""
-    rows = [encoded["input_ids"][i] for i in index]
-    width = max(len(row) for row in rows)
-    left = tokenizer.padding_side == "left"
-    batch = {}
-    for key in encoded:
-        fill = tokenizer.pad_token_id if key == "input_ids" else 0
-        values = np.full((len(index), width), fill, dtype=np.int64)
-        for r, i in enumerate(index):
-            seq = encoded[key][i]
-            if left:
-                values[r, width - len(seq) :] = seq
-            else:
-                values[r, : len(seq)] = seq
-        batch[key] = torch.from_numpy(values)
-    return batch
 
 
 def bundle_probs(
