@@ -122,16 +122,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     for url in [os.environ.get(ENV_VAR, ""), *(a for a in argv if "://" in a)]:
         remember_url(url)
     mask_everything_printed()
-    args = build_parser(argv).parse_args(argv)
-    configure_logging(args.verbose)
-    install_secret_filter()
+    debug = "--debug" in argv  # known before parsing: importing a command can fail too
     try:
+        args = build_parser(argv).parse_args(argv)
+        configure_logging(args.verbose)
+        install_secret_filter()
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("focaltune: interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # every failure ends as one line; SystemExit passes through
-        return report(err, args.debug)
+        return report(err, debug)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from trainer.config import (
     TrainSettings,
     WandbConfig,
 )
-from trainer.errors import BadInput
+from trainer.errors import BadInput, first_line
 
 SCHEMA_VERSION = 1
 MAX_CONFIG_BYTES = 1 << 20  # a config is a few kB; past this it is not one (or a bomb)
@@ -224,8 +224,7 @@ def load_yaml(path: Path) -> Any:
     try:
         return yaml.load(path.read_text(encoding="utf-8"), Loader=BoundedLoader)  # noqa: S506
     except (yaml.YAMLError, UnicodeDecodeError) as err:
-        reason = shorten(str(err).splitlines()[0] if str(err) else type(err).__name__, 200)
-        raise BadInput(f"{path}: not valid YAML ({reason}); fix the file") from None
+        raise BadInput(f"{path}: not valid YAML ({first_line(err)}); fix the file") from None
     except RecursionError:
         raise BadInput(f"{path}: nested too deeply to be a config; fix the file") from None
 

@@ -29,7 +29,7 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 from search.config import parse_study_config
 from search.reporting import AtomicArtifactStore, artifact_dir, default_artifact_dir
 from search.study import CONFIG_ATTR
-from storage import describe, open_storage, sqlite_path
+from storage import describe, open_storage
 from trainer.errors import BadInput
 
 log = logging.getLogger(__name__)
@@ -59,27 +59,29 @@ class StudyArtifacts:
         self._find_folders = folders
         self.folders = folders()
 
-    def _locate(self, artifact_id: str) -> FileSystemArtifactStore:
+    def _find(self, artifact_id: str) -> tuple[FileSystemArtifactStore, BinaryIO]:
+        """The store holding ``artifact_id`` and the artifact, opened (once)."""
         for refresh in (False, True):
             if refresh:  # a study created after the dashboard started may add a folder
                 self.folders = self._find_folders()
             for folder in self.folders:
                 store = FileSystemArtifactStore(folder)
                 try:
-                    store.open_reader(artifact_id).close()
+                    return store, store.open_reader(artifact_id)
                 except ArtifactNotFound:
                     continue
-                return store
         raise ArtifactNotFound(f"artifact {artifact_id} is in none of {self.folders}")
 
     def open_reader(self, artifact_id: str) -> BinaryIO:
-        return self._locate(artifact_id).open_reader(artifact_id)
+        return self._find(artifact_id)[1]
 
     def write(self, artifact_id: str, content_body: BinaryIO) -> None:
         AtomicArtifactStore(self.folders[0]).write(artifact_id, content_body)
 
     def remove(self, artifact_id: str) -> None:
-        self._locate(artifact_id).remove(artifact_id)
+        store, handle = self._find(artifact_id)
+        handle.close()
+        store.remove(artifact_id)
 
 
 def is_loopback(host: str) -> bool:
@@ -106,15 +108,9 @@ class _QuietHandler(WSGIRequestHandler):
 
 def open_dashboard(url: str, artifacts: Path | None = None) -> tuple[object, list[Path]]:
     """The dashboard's WSGI app for ``url`` and the artifact folders it serves."""
-    db = sqlite_path(url)
-    if db is not None and not db.is_file():
-        raise BadInput(
-            f"SQLite file {db.resolve()} not found (from the storage URL); "
-            "check --storage or create a study first (focaltune study create)"
-        )
     if artifacts is not None and not artifacts.is_dir():
         raise BadInput(f"--artifacts {artifacts}: folder not found; pass an existing folder")
-    storage = open_storage(url, heartbeat_interval=None)
+    storage = open_storage(url, heartbeat_interval=None, existing=True)
     store = StudyArtifacts(
         (lambda: [artifacts.resolve()]) if artifacts else lambda: study_artifact_dirs(storage, url)
     )

@@ -16,7 +16,7 @@ import optuna
 from search.config import SCHEMA_VERSION, StudyConfig, TrackingConfig, parse_study_config
 from search.files import check_output
 from search.space import hyperparams_to_params
-from storage import describe, open_storage, sqlite_path
+from storage import describe, open_storage
 from trainer.config import DataConfig
 from trainer.data import load_splits
 from trainer.errors import BadInput
@@ -66,20 +66,22 @@ def data_inputs(data: DataConfig) -> list[tuple[str, str | None]]:
     return [(f"data.{key}", getattr(data, key)) for key in ("train", "validation", "test")]
 
 
-def preflight(data: DataConfig, backbones: dict[str, str], tracking: TrackingConfig) -> None:
+def preflight(data: DataConfig, backbones: dict[str, str], tracking: TrackingConfig | None) -> None:
     """What every trial will need beyond the data, checked once before anything is made:
     each backbone (``key -> name``) loadable and long enough for ``data.max_length``, and the
-    folders trials write (token cache, artifacts, W&B) writable."""
+    folders trials write (token cache; artifacts and W&B unless ``tracking`` is None, as
+    for `train`, which writes neither) writable."""
     from trainer.loading import check_backbone  # torch: only for the commands that train
     from trainer.tokens import cache_root
 
     for key, name in backbones.items():
         check_backbone(name, key, data.max_length)
-    folders = [
-        ("data.cache_dir", cache_root(data.cache_dir)),
-        ("tracking.artifacts", tracking.artifacts),
-        ("tracking.wandb.dir", tracking.wandb.dir if tracking.wandb.enabled else None),
-    ]
+    folders = [("data.cache_dir", cache_root(data.cache_dir))]
+    if tracking is not None:
+        folders += [
+            ("tracking.artifacts", tracking.artifacts),
+            ("tracking.wandb.dir", tracking.wandb.dir if tracking.wandb.enabled else None),
+        ]
     for key, folder in folders:
         if folder:
             check_output(folder, key, [], folder=True)
@@ -175,24 +177,13 @@ def make_pruner(cfg: StudyConfig) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def require_database(url: str) -> None:
-    """A SQLite file that does not exist is bad input: opening it would create it empty."""
-    path = sqlite_path(url)
-    if path is not None and not path.exists():
-        raise BadInput(
-            f"no database at {path}; check --storage / FOCALTUNE_STORAGE or create the "
-            "study first with `focaltune study create`"
-        )
-
-
 def load_existing(url: str, name: str, storage: Any = None) -> optuna.Study:
     """Load a study for reading; a missing one is bad input (lists the ones that exist).
 
     A SQLite file that does not exist is reported, not created empty. ``storage``: one the
     caller opened for ``url`` (to close its connections later), else a new one.
     """
-    require_database(url)
-    storage = storage or open_storage(url, heartbeat_interval=None)
+    storage = storage or open_storage(url, heartbeat_interval=None, existing=True)
     names = optuna.get_all_study_names(storage)
     if name not in names:
         known = ", ".join(names[:5]) or "none"

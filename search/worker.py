@@ -25,7 +25,7 @@ from search.config import StudyConfig
 from search.objective import TRIAL_ERRORS, free_memory, make_objective
 from search.reporting import make_trial_reporter
 from search.stop import StopSignals
-from search.study import load_existing, make_pruner, make_sampler, require_database, stored_config
+from search.study import load_existing, make_pruner, make_sampler, stored_config
 from storage import open_storage
 from storage.errors import StorageUnreachable
 from storage.outage import OutageTolerantStorage, is_connection_error, unreachable_in
@@ -49,8 +49,7 @@ def open_study(
     url: str, name: str, worker_index: int
 ) -> tuple[optuna.Study, StudyConfig, OutageTolerantStorage]:
     """Load the study with a heartbeat storage set up from the study's own config."""
-    require_database(url)  # before opening: that would create a missing SQLite file
-    reader_storage = open_storage(url, heartbeat_interval=None)
+    reader_storage = open_storage(url, heartbeat_interval=None, existing=True)
     cfg = stored_config(load_existing(url, name, reader_storage))
     reader_storage.engine.dispose()  # one pool per worker: the heartbeat storage's, below
     s = cfg.study

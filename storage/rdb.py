@@ -37,6 +37,7 @@ def open_storage(
     max_retry: int = 3,
     pool_size: int = 2,
     outage_seconds: float | None = None,
+    existing: bool = False,
 ) -> optuna.storages.RDBStorage:
     """An ``RDBStorage`` for ``url`` whose stale trials fail and are retried.
 
@@ -61,6 +62,12 @@ def open_storage(
     limit = outage_limit() if outage_seconds is None else outage_seconds  # before any file
     url = normalize_url(url)
     path = sqlite_path(url)
+    if path is not None and existing and not path.is_file():
+        # A reader (status, export, worker, dashboard) must not create an empty database.
+        raise BadStorage(
+            f"SQLite file {path.resolve()} not found (from the storage URL); check --storage / "
+            "FOCALTUNE_STORAGE or create the study first with `focaltune study create`"
+        )
     if path is not None:
         prepare_sqlite(path)
     with warnings.catch_warnings():

@@ -4,9 +4,10 @@ Storage URLs carry passwords (``postgresql+psycopg://user:PASSWORD@host/db`` or
 ``...?password=PASSWORD``), and they travel through error messages, tracebacks and the log
 lines of SQLAlchemy, Optuna and the database driver. Two mechanisms keep them out:
 
-* URLs are masked by *parsing* them (user info up to the last ``@``, secret query keys),
-  not by a pattern that stops at whitespace, so a password with spaces, tabs or a raw ``@``
-  is masked whole;
+* URLs are masked by *parsing* their user info (up to the last ``@``), not by a pattern
+  that stops at whitespace, so a password there with spaces, tabs or a raw ``@`` is masked
+  whole; secret query keys (``?password=``) are masked up to the next ``&``, ``;``, ``#``
+  or whitespace (a query password with a space is masked only up to it);
 * every password seen in a storage URL is remembered (:func:`remember_url`), and
   :func:`mask_secrets` scrubs it from any text, wherever it appears: a driver that echoes
   the host part it failed to resolve echoes the rest of a password with a raw ``@``.

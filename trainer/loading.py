@@ -16,7 +16,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
 from transformers.utils import logging as hf_logging
 
-from trainer.errors import BadInput
+from trainer.errors import BadInput, first_line
 
 
 # Unbounded: a worker only ever loads its study's backbones (``space.backbones``), and a
@@ -35,7 +35,7 @@ def _pretrained(name_or_path: str, num_labels: int) -> tuple[Any, Any, dict[str,
     except (OSError, ValueError) as err:
         raise BadInput(
             f"model.name_or_path {name_or_path!r} could not be loaded "
-            f"({str(err).splitlines()[0][:120]}); give a local backbone folder "
+            f"({first_line(err, 120)}); give a local backbone folder "
             "(focaltune backbone build) or a Hub model name reachable from this machine"
         ) from None
     finally:
@@ -100,7 +100,7 @@ def check_backbone(name_or_path: str, key: str, max_length: int) -> None:
         AutoTokenizer.from_pretrained(name_or_path)
     except (OSError, ValueError, KeyError) as err:
         raise BadInput(
-            f"{key} {name_or_path!r} cannot be loaded ({_first_line(err)}); give a local "
+            f"{key} {name_or_path!r} cannot be loaded ({first_line(err)}); give a local "
             "backbone folder (focaltune backbone build) or a Hub model name reachable from "
             "this machine (or already in its Hugging Face cache)"
         ) from None
@@ -115,8 +115,3 @@ def check_backbone(name_or_path: str, key: str, max_length: int) -> None:
             f"data.max_length {max_length} exceeds the {longest} positions of {key} "
             f"{name_or_path!r}; lower data.max_length to {longest} or less"
         )
-
-
-def _first_line(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return (lines[0] if lines else type(err).__name__)[:200]

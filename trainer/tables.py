@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from trainer.errors import BadInput
+from trainer.errors import BadInput, first_line
 
 FORMATS = {".csv": "CSV", ".tsv": "TSV", ".json": "JSON", ".jsonl": "JSONL", ".parquet": "Parquet"}
 HUB_NAME = re.compile(r"^[\w.-]+(/[\w.-]+)?(:[\w.-]+)?$")
@@ -43,7 +43,7 @@ def read_table(source: str | Path, *, what: str) -> pd.DataFrame:
         raise BadInput(f"{path} has no header or data rows; check {what}") from None
     except Exception as error:  # pandas, pyarrow and gzip each raise their own types
         raise BadInput(
-            f"cannot read {path} as {FORMATS[suffix]} ({_first_line(error)}); "
+            f"cannot read {path} as {FORMATS[suffix]} ({first_line(error)}); "
             f"check the file's format or its suffix ({what})"
         ) from error
     return _non_empty(frame, path, what)
@@ -85,7 +85,7 @@ def _read_hub(name: str, *, what: str) -> pd.DataFrame:
     except Exception as error:  # offline, unknown name, bad split, broken script: all bad input
         raise BadInput(
             f"{name!r} is neither an existing file nor a loadable Hub dataset "
-            f"({type(error).__name__}: {_first_line(error)}); check {what}"
+            f"({type(error).__name__}: {first_line(error)}); check {what}"
         ) from error
     return _non_empty(frame, name, what)
 
@@ -108,8 +108,3 @@ def _utf8_error(path: Path, compressed: bool, what: str) -> BadInput:
             f"(line {line}); re-save the file as UTF-8 ({what})"
         )
     return BadInput(f"{path} is not valid UTF-8; re-save the file as UTF-8 ({what})")
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__

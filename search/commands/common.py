@@ -8,8 +8,8 @@ from collections.abc import Callable
 from typing import Any
 
 from search.config import StudyConfig
-from search.files import database_inputs
-from storage import resolve_url
+from search.files import check_output
+from storage import resolve_url, sqlite_path
 
 
 def add_storage_args(parser: argparse.ArgumentParser, *, study: bool = True) -> None:
@@ -40,7 +40,6 @@ def _number_in(kind: type, name: str, low: float, high: float) -> Callable[[str]
             raise argparse.ArgumentTypeError(f"{text} is not {name} in {low}..{high}")
         return value
 
-    parse.__name__ = name
     return parse
 
 
@@ -54,10 +53,10 @@ def float_in(low: float, high: float) -> Callable[[str], float]:
 
 def check_database(url: str, config: str, cfg: StudyConfig) -> None:
     """A SQLite database must not be the config or a data file (nor lie in a folder input)."""
-    from search.files import check_output
     from search.study import data_inputs
 
-    inputs = [("the config", config), *data_inputs(cfg.data)]
-    for _, path in database_inputs(url)[:1]:
+    path = sqlite_path(url)
+    if path is not None:
+        inputs = [("the config", config), *data_inputs(cfg.data)]
         # Not probed: opening the database checks its folder, with a message of its own.
         check_output(path, "the storage URL", inputs, probe=False)

@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     check_output(out / "metrics.json", "--out", inputs)
     splits = load_splits(cfg.data)  # the data's own checks, then what the run needs besides
     check_alphas(cfg.params.focal_alpha, splits.num_labels, "--params")
-    preflight(cfg.data, {"model.name_or_path": cfg.model.name_or_path}, study_cfg.tracking)
+    preflight(cfg.data, {"model.name_or_path": cfg.model.name_or_path}, None)
     result = train_model(cfg, splits=splits)
     payload = {"params": cfg.params.model_dump(), **result.to_json()}
     write_json_atomic(out / "metrics.json", payload)

@@ -95,8 +95,9 @@ def test_auto_precision_uses_fp16_where_bf16_is_only_emulated(
     assert asked == {"including_emulation": False}
 
 
-def test_precision_on_cpu_and_explicit_settings() -> None:
-    assert training_precision("auto") == "fp32"  # this machine has no CUDA
+def test_precision_on_cpu_and_explicit_settings(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU-only machine
+    assert training_precision("auto") == "fp32"
     assert training_precision("fp16") == "fp16"
 
 
