@@ -121,11 +121,16 @@ class SwaConfig(Strict):
 
 
 class EnsembleConfig(Strict):
-    weights: Literal["tuned", "uniform"] = "uniform"
+    weights: Literal["auto", "best", "uniform", "tuned"] = Field(
+        "auto",
+        description="what the bundle serves: auto = whichever candidate (best member alone, "
+        "uniform or tuned weights, each with and without the prior bias) has the highest "
+        "validation accuracy; best, uniform or tuned = that kind of weights",
+    )
     prior_correction: bool = Field(
         True,
-        description="fit a per-class prior bias on validation; served when it does not lower "
-        "validation accuracy",
+        description="fit a per-class prior bias on validation; with weights best, uniform or "
+        "tuned it is served when it does not lower validation accuracy",
     )
 
 

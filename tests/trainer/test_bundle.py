@@ -107,6 +107,16 @@ def test_an_edited_manifest_is_refused(bundle_dir: Path) -> None:
         load_bundle(bundle_dir)
 
 
+@pytest.mark.parametrize("weights", [[0.0, 0.0], [-0.5, 1.5], [float("nan"), 1.0]], ids=str)
+def test_weights_predict_cannot_serve_are_refused(bundle_dir: Path, weights: list) -> None:
+    # Hand-made, with a matching digest: refused by the shape check, not deep in predict.
+    manifest = json.loads((bundle_dir / MANIFEST).read_text(encoding="utf-8"))
+    body = {k: v for k, v in manifest.items() if k not in ("format", "files", "sha256")}
+    write_manifest(bundle_dir, body | {"weights": weights})
+    with pytest.raises(BadInput, match="weights must be finite, non-negative and not all zero"):
+        load_bundle(bundle_dir)
+
+
 def test_a_file_slipped_into_a_member_folder_is_refused(bundle_dir: Path) -> None:
     (bundle_dir / "members" / "member-1" / "pytorch_model.bin").write_bytes(b"pickle")
     with pytest.raises(BadInput, match=r"unexpected file members/member-1/pytorch_model\.bin"):

@@ -154,7 +154,7 @@ def test_bundle_holds_every_member_and_the_sha256_of_every_file(bundle):
 
 @pytest.mark.slow
 def test_report_has_best_epoch_and_swa_per_member_and_every_ensemble_variant(bundle):
-    _, _, report = bundle
+    out, _, report = bundle
     for member in report["members"]:
         best, swa = (
             member["validation"]["best"]["accuracy"],
@@ -164,11 +164,18 @@ def test_report_has_best_epoch_and_swa_per_member_and_every_ensemble_variant(bun
         assert (swa >= best) if member["kept"] == "swa" else (best >= swa)
         assert member["test"]["accuracy"] > 0
     variants = report["ensemble"]["variants"]
-    assert set(variants) == {"uniform", "tuned", "uniform+prior", "tuned+prior"}
+    assert set(variants) == {
+        f"{k}{p}" for k in ("best", "uniform", "tuned") for p in ("", "+prior")
+    }
     for variant in variants.values():
         assert len(variant["test"]["recall"]) == 4 and 0 <= variant["test"]["macro_f1"] <= 1
     served = report["ensemble"]["variant"]
-    assert served.startswith("uniform")  # EnsembleConfig's default
+    # EnsembleConfig's default, auto: the most accurate candidate on validation.
+    top = max(v["validation"]["accuracy"] for v in variants.values())
+    assert variants[served]["validation"]["accuracy"] == top
+    assert "auto: highest validation accuracy among 6" in report["ensemble"]["weights_source"]
+    md = (out / "report.md").read_text(encoding="utf-8")
+    assert f"| **{served}** (served) |" in md and "| val NLL |" in md and "| test NLL |" in md
     assert report["test"] == variants[served]["test"] and report["rows"]["test"] == 100
     assert sum(report["test"]["pred_distribution"]) == pytest.approx(1.0)
 

@@ -12,7 +12,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from search.cli import main
 from trainer.errors import BadInput
-from trainer.final.bundle import load_bundle, save_member, write_manifest
+from trainer.final.bundle import load_bundle, load_member, save_member, write_manifest
 from trainer.final.predict import bundle_probs, predict_file, predict_probs
 
 LABELS = ["0", "1", "2", "3"]
@@ -43,19 +43,27 @@ def member(tiny_backbone: Path) -> tuple[torch.nn.Module, object]:
     return model, AutoTokenizer.from_pretrained(tiny_backbone)
 
 
+def write_bundle(root: Path, member, names: list[str], weights: list[float], **extra) -> Path:
+    """Copies of ``member`` as ``names`` and their manifest (``extra`` goes into it)."""
+    for name in names:
+        save_member(*member, root / "members" / name, LABELS)
+    return write_body(root, names, weights, **extra)
+
+
+def write_body(root: Path, names: list[str], weights: list[float], **extra) -> Path:
+    """The manifest over the member folders already in ``root``, id column configured."""
+    data = {"text_column": "review", "label_column": "label", "id_column": "id", "max_length": 32}
+    body = {"label_names": LABELS, "data": data, "weights": weights}
+    body |= {"members": [{"name": n, "path": f"members/{n}"} for n in names]}
+    write_manifest(root, body | {"bias": None, "bias_applied": False} | extra)
+    return root
+
+
 @pytest.fixture(scope="module")
 def bundle_dir(member, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Three identical members, uniform weights, id column configured."""
+    """Three identical members, uniform weights."""
     root = tmp_path_factory.mktemp("predict") / "bundle"
-    model, tokenizer = member
-    names = ["member-1", "member-2", "member-3"]
-    for name in names:
-        save_member(model, tokenizer, root / "members" / name, LABELS)
-    data = {"text_column": "review", "label_column": "label", "id_column": "id", "max_length": 32}
-    body = {"label_names": LABELS, "data": data, "weights": [1 / 3] * 3}
-    body |= {"members": [{"name": n, "path": f"members/{n}"} for n in names]}
-    write_manifest(root, body | {"bias": None, "bias_applied": False})
-    return root
+    return write_bundle(root, member, ["member-1", "member-2", "member-3"], [1 / 3] * 3)
 
 
 @pytest.fixture
@@ -151,12 +159,7 @@ def test_unsupported_output_suffix_is_refused(bundle_dir: Path, reviews: Path, t
 
 def test_the_bundles_inference_precision_is_the_one_predict_uses(member, reviews, tmp_path):
     model, tokenizer = member
-    root = tmp_path / "bf16-bundle"
-    save_member(model, tokenizer, root / "members" / "m", LABELS)
-    data = {"text_column": "review", "label_column": "label", "id_column": "id", "max_length": 32}
-    body = {"label_names": LABELS, "data": data, "weights": [1.0], "precision": "bf16"}
-    write_manifest(root, body | {"members": [{"name": "m", "path": "members/m"}]} | {
-        "bias": None, "bias_applied": False})  # fmt: skip
+    root = write_bundle(tmp_path / "bf16-bundle", member, ["m"], [1.0], precision="bf16")
     texts = pd.read_csv(reviews)["review"].tolist()[:40]
     served = bundle_probs(load_bundle(root), texts)
     kwargs = {"max_length": 32, "batch_size": 64}
@@ -164,3 +167,22 @@ def test_the_bundles_inference_precision_is_the_one_predict_uses(member, reviews
     fp32 = predict_probs(model, tokenizer, texts, precision="fp32", **kwargs)
     np.testing.assert_allclose(served, bf16, atol=1e-6)  # served in the recorded precision
     assert np.abs(bf16 - fp32).max() > 1e-4  # ...which is observably not fp32
+
+
+def test_a_one_hot_bundle_serves_its_member_alone_and_never_loads_the_others(
+    member, reviews: Path, tmp_path: Path
+) -> None:
+    # What a bundle serving the "best" variant holds: weight 1 on one member, 0 elsewhere.
+    root = tmp_path / "one-hot"
+    model, tokenizer = member
+    for name in ("broken", "member-2"):
+        save_member(model, tokenizer, root / "members" / name, LABELS)
+    (root / "members" / "broken" / "model.safetensors").unlink()  # loading it would fail
+    bundle = load_bundle(write_body(root, ["broken", "member-2"], [0.0, 1.0]))
+    with pytest.raises(BadInput, match="broken cannot be loaded"):
+        load_member(bundle, bundle.members[0], torch.device("cpu"))
+    texts = pd.read_csv(reviews)["review"].tolist()[:40]
+    served = bundle_probs(bundle, texts, batch_size=16)
+    alone = predict_probs(model, tokenizer, texts, max_length=32, batch_size=16)
+    # Reloaded from disk: the same float32 computation, equal to ~1e-7, not bit for bit.
+    np.testing.assert_allclose(served, alone, rtol=0, atol=1e-6)

@@ -183,6 +183,9 @@ def _shape_problem(manifest: dict[str, Any]) -> str | None:
         return "weights must be one number per member"
     if not all(isinstance(w, int | float) for w in weights):
         return "weights must be one number per member"
+    # NaN fails the comparison too; predict skips zero weights, so one must be positive.
+    if not all(0 <= w < float("inf") for w in weights) or sum(weights) <= 0:
+        return "weights must be finite, non-negative and not all zero"
     if not isinstance(manifest["data"], dict):
         return "data must be a mapping"
     return None

@@ -1,5 +1,6 @@
 """The ensemble, all of it: average the members' probabilities, fit weights and a prior
-bias on validation, and choose the variant the bundle serves.
+bias on validation, and choose the variant the bundle serves (which may be the best
+member alone).
 
 Everything here works on numpy arrays of shape (n_examples, n_classes); no torch, and no
 knowledge of how the members were trained.
@@ -81,8 +82,8 @@ def fit_weights(probs: Sequence[np.ndarray], labels: np.ndarray) -> np.ndarray:
 
     Weights are the softmax of free variables, optimised with L-BFGS from uniform. If the
     optimiser does not improve on uniform, uniform is returned, so the fitted weights are
-    never worse than uniform on the fitting data (they may be on other data: keep uniform
-    the default and report both).
+    never worse than uniform on the fitting data (they may be on other data: the report
+    shows both, and test figures beside them when there is a test set).
     """
     stacked = _stack(probs)
     n_members = len(stacked)
@@ -172,7 +173,7 @@ class Ensemble:
 
     variants: dict[str, Combo]
     chosen: str
-    weights_source: str
+    weights_source: str  # what the served weights are, and why that variant was served
     validation: dict[str, dict[str, Any]]
     test: dict[str, dict[str, Any]] = field(default_factory=dict)
     seconds: float = 0.0
@@ -185,21 +186,67 @@ class Ensemble:
             self.test[name] = probs_metrics(combine(probs, combo.weights, combo.bias), labels)
 
 
+def best_member(probs: Sequence[np.ndarray], labels: np.ndarray) -> int:
+    """Index of the member with the highest accuracy on ``labels``; ties go to the lower
+    NLL, then to the lower index."""
+    metrics = [probs_metrics(p, labels) for p in _stack(probs)]
+    return min(range(len(metrics)), key=lambda i: (-metrics[i]["accuracy"], metrics[i]["nll"], i))
+
+
 def _variants(
     probs: Sequence[np.ndarray], labels: np.ndarray, prior: np.ndarray, correct: bool
 ) -> dict[str, Combo]:
+    """Every candidate, simplest first: best, uniform, tuned, each bare then +prior."""
     n = len(probs)
-    variants = {
-        "uniform": Combo(np.full(n, 1.0 / n), None),
-        "tuned": Combo(fit_weights(probs, labels), None),
+    kinds = {
+        "best": np.eye(n)[best_member(probs, labels)],
+        "uniform": np.full(n, 1.0 / n),
+        "tuned": fit_weights(probs, labels),
     }
-    # The bias needs every class in the prior (a zero share has no finite log).
-    if correct and np.all(prior > 0):
-        for name in ("uniform", "tuned"):
-            weights = variants[name].weights
+    variants = {}
+    for kind, weights in kinds.items():
+        variants[kind] = Combo(weights, None)
+        # The bias needs every class in the prior (a zero share has no finite log).
+        if correct and np.all(prior > 0):
             bias = fit_prior_bias(combine(probs, weights, None), prior)
-            variants[f"{name}+prior"] = Combo(weights, bias)
+            variants[f"{kind}+prior"] = Combo(weights, bias)
     return variants
+
+
+def _choose_auto(validation: dict[str, dict[str, Any]]) -> tuple[str, str]:
+    """The most accurate candidate; ties go to the lower NLL, then to the simplest (the
+    first in ``validation``'s order)."""
+    top = max(m["accuracy"] for m in validation.values())
+    # Accuracies are counts over the same rows, so equal ones are exactly equal.
+    tied = [name for name, m in validation.items() if m["accuracy"] == top]
+    lowest = min(validation[name]["nll"] for name in tied)
+    # Identical combinations (tuned weights that stayed uniform, one member) differ in
+    # their NLL by rounding only: 1e-9 nats counts as a tie, far below a real difference.
+    closest = [name for name in tied if validation[name]["nll"] <= lowest + 1e-9]
+    why = f"auto: highest validation accuracy among {len(validation)} candidates"
+    if len(tied) > 1:
+        why += f", {len(tied)} tied: " + ("lowest NLL" if len(closest) == 1 else "the simplest")
+    return closest[0], why
+
+
+def _choose_configured(kind: str, validation: dict[str, dict[str, Any]]) -> tuple[str, str]:
+    """``kind``, with the prior bias when it does not lower validation accuracy."""
+    why, corrected = f"configured weights: {kind}", f"{kind}+prior"
+    if corrected not in validation:
+        return kind, why
+    if validation[corrected]["accuracy"] >= validation[kind]["accuracy"]:
+        return corrected, why + "; the prior bias does not lower validation accuracy"
+    return kind, why + "; the prior bias would lower validation accuracy"
+
+
+def _describe(name: str, combo: Combo) -> str:
+    kind = name.removesuffix("+prior")
+    what = {
+        "best": f"member {int(np.argmax(combo.weights)) + 1} alone (best on validation)",
+        "uniform": "uniform",
+        "tuned": "tuned on validation (minimum log-loss)",
+    }[kind]
+    return what + (", prior bias fitted on validation" if combo.bias is not None else "")
 
 
 def fit_ensemble(
@@ -211,20 +258,21 @@ def fit_ensemble(
     full_data: bool = False,
 ) -> Ensemble:
     """Fit every variant on validation (``probs``: one array per member) and pick the one
-    the bundle serves: the configured kind of weights (``config.weights``), with the prior
-    bias when ``config.prior_correction`` is on and it does not lower validation accuracy.
+    the bundle serves: with ``config.weights`` "auto" the candidate with the highest
+    validation accuracy (so never below the best member's), else the configured kind of
+    weights, with the prior bias when it does not lower validation accuracy.
     """
     variants = _variants(probs, labels, prior, config.prior_correction)
     validation = {
         name: probs_metrics(combine(probs, c.weights, c.bias), labels)
         for name, c in variants.items()
     }
-    chosen, corrected = config.weights, f"{config.weights}+prior"
-    if corrected in validation and (
-        validation[corrected]["accuracy"] >= validation[chosen]["accuracy"]
-    ):
-        chosen = corrected
-    source = "tuned on validation (minimum log-loss)" if "tuned" in chosen else "uniform"
-    if full_data and "tuned" in chosen:
-        source += " in the train-only pass"
+    if config.weights == "auto":
+        chosen, why = _choose_auto(validation)
+    else:
+        chosen, why = _choose_configured(config.weights, validation)
+    source = f"{_describe(chosen, variants[chosen])}; {why}"
+    if full_data and (chosen != "uniform" or config.weights == "auto"):
+        # The retrained members saw validation: what it decided was decided before that.
+        source += "; fitted and chosen on validation in the train-only pass"
     return Ensemble(variants, chosen, source, validation)

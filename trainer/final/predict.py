@@ -88,9 +88,12 @@ def bundle_probs(
 ) -> np.ndarray:
     """Ensemble probabilities of ``texts``; one member in memory at a time."""
     device = device or pick_device()
+    # A member with weight 0 (all but one when the bundle serves the best member alone)
+    # adds nothing to the mean: not loading or running it saves a whole forward pass.
+    used = [i for i, weight in enumerate(bundle.weights) if weight > 0]
     member_probs = []
-    for i, entry in enumerate(bundle.members):
-        model, tokenizer = load_member(bundle, entry, device)
+    for i in used:
+        model, tokenizer = load_member(bundle, bundle.members[i], device)
         description = f"member {i + 1}/{len(bundle.members)}"
         member_probs.append(
             predict_probs(
@@ -106,7 +109,7 @@ def bundle_probs(
         )
         del model
         gc.collect()
-    return combine(member_probs, bundle.weights, bundle.bias)
+    return combine(member_probs, [bundle.weights[i] for i in used], bundle.bias)
 
 
 def input_texts(frame: pd.DataFrame, column: str, source: str) -> list[str]:
