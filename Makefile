@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # The CPU wheel of torch lies on this kind of machine; elsewhere pip picks the build for the host.
 TORCH  ?= $(if $(wildcard /opt/wheels/torch-2.13.0+cpu-*.whl),torch==2.13.0,torch>=2.4)
 
-.PHONY: install system-deps demo-config search test test-fast lint format bench soak db-up db-down clean
+.PHONY: install system-deps backbone demo-config search test test-fast lint format bench soak db-up db-down clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,10 +46,16 @@ NSMC4 ?= ../shared/data/nsmc4
 DEMO  := nsmc4-demo
 DB    := sqlite:///runs/focaltune.db
 
+BACKBONE_CACHE ?= $(HOME)/.cache/focaltune/backbones
+
+# The standard backbone (README, Backbone recipe), built once per settings and data into
+# $(BACKBONE_CACHE) (~3 min on 2 cores); runs/backbone links to it.
+backbone: runs/backbone/config.json
+
 runs/backbone/config.json: | install
 	@test -f $(NSMC4)/train.csv.gz || { echo "no data at $(NSMC4); set NSMC4=folder with train.csv.gz"; exit 2; }
-	$(BIN)/focaltune backbone build --train $(NSMC4)/train.csv.gz --out runs/backbone \
-		--max-samples 20000 --vocab-size 8000 --layers 2 --hidden 128 --heads 2 --max-length 64
+	$(BIN)/focaltune backbone build --preset standard --train $(NSMC4)/train.csv.gz \
+		--cache $(BACKBONE_CACHE) --out runs/backbone
 
 # configs/demo.yaml names the default data folder; the demo runs a copy that names $(NSMC4).
 RUNS ?= runs

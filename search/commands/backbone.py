@@ -9,7 +9,7 @@ import typing
 from pathlib import Path
 
 from search.files import check_output
-from trainer.backbone import BackboneSettings, build_backbone
+from trainer.backbone import PRESETS, BackboneSettings, build_backbone, cached_backbone
 
 METAVARS = {int: "N", float: "X", str: "NAME"}
 
@@ -32,6 +32,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--train", required=True, metavar="FILE", help="csv/tsv/jsonl/parquet file (.gz ok)"
     )
     build.add_argument("--out", required=True, metavar="DIR", help="output folder, must not exist")
+    build.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="start from a named recipe; the flags below override it. standard: the measured "
+        "recipe that learns (README, Backbone recipe); tiny: small and random, for smoke runs",
+    )
+    build.add_argument(
+        "--cache",
+        metavar="DIR",
+        help="build once into DIR/<hash of settings and data> and make --out a link to it; a "
+        "later build with the same settings and data reuses it",
+    )
     _add_settings(build)
     build.set_defaults(func=run)
 
@@ -46,16 +58,26 @@ def _add_settings(parser: argparse.ArgumentParser) -> None:
         default = setting.default
         text = setting.metadata["help"] + ("" if default is None else f" (default: {default})")
         flag = "--" + setting.name.replace("_", "-")
-        parser.add_argument(flag, type=kind, default=default, metavar=METAVARS[kind], help=text)
+        # No argparse default: unset flags are left out, so a --preset's value stands.
+        parser.add_argument(
+            flag, type=kind, default=argparse.SUPPRESS, metavar=METAVARS[kind], help=text
+        )
 
 
 def run(args: argparse.Namespace) -> int:
     names = [setting.name for setting in dataclasses.fields(BackboneSettings)]
-    settings = BackboneSettings(**{name: getattr(args, name) for name in names})
+    given = {name: getattr(args, name) for name in names if hasattr(args, name)}
+    settings = dataclasses.replace(PRESETS.get(args.preset, BackboneSettings()), **given)
     check_output(args.out, "--out", [("the --train file", args.train)], folder=True)
-    out = build_backbone(args.train, args.out, settings)
-    report = json.loads((Path(out) / "backbone.json").read_text())
-    print(f"backbone: {out}")
+    if args.cache:
+        folder, built = cached_backbone(args.train, args.cache, settings)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).symlink_to(folder.resolve(), target_is_directory=True)
+        print(f"backbone: {args.out} -> {folder} ({'built now' if built else 'from the cache'})")
+    else:
+        folder = build_backbone(args.train, args.out, settings)
+        print(f"backbone: {folder}")
+    report = json.loads((folder / "backbone.json").read_text())
     print(f"parameters: {report['parameters']:,} (encoder), vocab {report['vocab_size']:,}")
     if report["mlm_loss"]:
         print("MLM loss (held-out): {before:.3f} -> {after:.3f}".format(**report["mlm_loss"]))

@@ -5,6 +5,7 @@ package; what a trial needs of a backbone is in ``trainer/loading.py``.
 
 from __future__ import annotations
 
-from trainer.backbone.build import BackboneSettings, build_backbone
+from trainer.backbone.build import PRESETS, BackboneSettings, build_backbone
+from trainer.backbone.cache import cached_backbone
 
-__all__ = ["BackboneSettings", "build_backbone"]
+__all__ = ["PRESETS", "BackboneSettings", "build_backbone", "cached_backbone"]
