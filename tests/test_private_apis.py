@@ -3,7 +3,8 @@
 There is no public API for these (each use site says why); an upgrade that renames or
 reshapes one must fail here, loudly, instead of quietly switching off what it serves:
 outage tolerance, the death-before-heartbeat check, fast dashboard notes, in-order
-evaluation and length-grouped batches from the cached lengths.
+evaluation, length-grouped batches from the cached lengths and the masks of a resumed
+MLM pretraining.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ SIGNATURES = [
     # trainer/train.py: the Trainer's sampler seams.
     ("transformers", "Trainer._get_eval_sampler", ["self", "eval_dataset"]),
     ("transformers", "Trainer._get_train_sampler", ["self", "train_dataset"]),
+    # trainer/backbone/checkpoint.py: a resumed MLM run makes the collator's seeded
+    # generator (its `generator` attribute) now, to set its saved state.
+    ("transformers", "DataCollatorForLanguageModeling.create_rng", ["self", "return_tensors"]),
 ]  # fmt: skip
 
 

@@ -1,4 +1,5 @@
-"""PNG plots for trial artifacts and the final report: confusion matrix, class distribution.
+"""PNG plots for trial artifacts, the final report and backbones: confusion matrix, class
+distribution, the masked-LM loss curve.
 
 Figures are built with ``matplotlib.figure.Figure`` and rendered by the Agg canvas, never
 through pyplot: no display is needed, and no global pyplot state is shared between workers
@@ -132,4 +133,31 @@ def class_distribution_png(
         ax.set_ylim(0.0, max(1e-9, float(max(pred.max(), true.max()))) * 1.15)
         ax.legend()
         ax.set_title(title)
+        return _save_atomic(fig, path)
+
+
+def mlm_curve_png(curve: dict, path: Path, title: str = "") -> Path:
+    """Masked-LM training loss per interval against the step, the learning rate on a second
+    axis, the held-out loss before and after as dashed lines; ``curve`` as in mlm_curve.json."""
+    steps, loss = curve["steps"], curve["loss"]
+    if not steps or len(loss) != len(steps) or len(curve["learning_rate"]) != len(steps):
+        raise ValueError(
+            f"mlm_curve_png: {len(steps)} steps, {len(loss)} losses and "
+            f"{len(curve['learning_rate'])} learning rates; pass one of each per point (>= 1)"
+        )
+    with _plot_context():
+        fig = Figure(figsize=(7.0, 4.0), layout="constrained")
+        ax = fig.add_subplot()
+        ax.plot(steps, loss, color="tab:blue", marker="." if len(steps) < 30 else "")
+        held_out = curve.get("held_out_loss") or {}
+        for when, colour in (("before", "tab:gray"), ("after", "tab:green")):
+            if held_out.get(when) is not None:
+                ax.axhline(held_out[when], ls="--", color=colour, label=f"held-out {when}")
+        ax.set_xlabel("step")
+        ax.set_ylabel("training loss (masked tokens)")
+        ax.legend(loc="upper right")
+        rate = ax.twinx()
+        rate.plot(steps, curve["learning_rate"], color="tab:orange", alpha=0.6)
+        rate.set_ylabel("learning rate", color="tab:orange")
+        ax.set_title(title or f"MLM pretraining: {steps[-1]} steps")
         return _save_atomic(fig, path)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import typing
 from pathlib import Path
 
 from search.files import check_output
 from trainer.backbone import PRESETS, BackboneSettings, build_backbone, cached_backbone
+from trainer.backbone.checkpoint import CHECKPOINT_MINUTES
 
 METAVARS = {int: "N", float: "X", str: "NAME"}
 
@@ -44,6 +46,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="build once into DIR/<hash of settings and data> and make --out a link to it; a "
         "later build with the same settings and data reuses it",
     )
+    build.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted build of the same --out (and --cache) from its checkpoint "
+        "(.<out name>.checkpoint beside it), with the settings and data it was started with",
+    )
+    build.add_argument(
+        "--checkpoint-minutes",
+        type=float,
+        default=CHECKPOINT_MINUTES,
+        metavar="X",
+        help="minutes between checkpoints of MLM pretraining, the most work a kill can lose "
+        f"(default: {CHECKPOINT_MINUTES:g})",
+    )
     _add_settings(build)
     build.set_defaults(func=run)
 
@@ -69,16 +85,22 @@ def run(args: argparse.Namespace) -> int:
     given = {name: getattr(args, name) for name in names if hasattr(args, name)}
     settings = dataclasses.replace(PRESETS.get(args.preset, BackboneSettings()), **given)
     check_output(args.out, "--out", [("the --train file", args.train)], folder=True)
+    # A build can take hours: its progress lines (INFO) show without --verbose.
+    logging.getLogger("trainer.backbone").setLevel(logging.INFO)
+    run_options = {"resume": args.resume, "checkpoint_minutes": args.checkpoint_minutes}
     if args.cache:
-        folder, built = cached_backbone(args.train, args.cache, settings)
+        folder, built = cached_backbone(args.train, args.cache, settings, **run_options)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).symlink_to(folder.resolve(), target_is_directory=True)
         print(f"backbone: {args.out} -> {folder} ({'built now' if built else 'from the cache'})")
     else:
-        folder = build_backbone(args.train, args.out, settings)
+        folder = build_backbone(args.train, args.out, settings, **run_options)
         print(f"backbone: {folder}")
     report = json.loads((folder / "backbone.json").read_text())
     print(f"parameters: {report['parameters']:,} (encoder), vocab {report['vocab_size']:,}")
     if report["mlm_loss"]:
         print("MLM loss (held-out): {before:.3f} -> {after:.3f}".format(**report["mlm_loss"]))
+        mlm = report["mlm"]
+        stop = " (stopped by the time budget)" if mlm["stopped_by"] == "time budget" else ""
+        print(f"MLM steps: {mlm['steps_done']:,} of {mlm['steps_planned']:,} planned{stop}")
     return 0

@@ -189,10 +189,14 @@ def test_failure_midway_leaves_no_half_made_folder(
     assert list(tmp_path.iterdir()) == []
 
 
-def focaltune(*args: str) -> subprocess.CompletedProcess[str]:
+def focaltune_command() -> list[str]:
     script = Path(sys.executable).parent / "focaltune"
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "search.cli"]
-    return subprocess.run([*command, *args], capture_output=True, text=True, timeout=300)
+    return [str(script)] if script.exists() else [sys.executable, "-m", "search.cli"]
+
+
+def focaltune(*args: str) -> subprocess.CompletedProcess[str]:
+    command = [*focaltune_command(), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.process

@@ -1,8 +1,10 @@
 """Offline backbone: a WordPiece tokenizer trained on the corpus and a small BERT.
 
 Optionally the BERT is pretrained with masked-language modelling on the same texts
-(task-adaptive pretraining). The folder loads with ``AutoTokenizer`` and
-``AutoModelForSequenceClassification`` without the Hub, so the whole pipeline runs offline.
+(task-adaptive pretraining), which saves checkpoints beside the folder as it goes: an
+interrupted build resumes from them (``resume=True``, ``--resume``). The folder loads with
+``AutoTokenizer`` and ``AutoModelForSequenceClassification`` without the Hub, so the whole
+pipeline runs offline.
 """
 
 from __future__ import annotations
@@ -18,11 +20,21 @@ from typing import Any
 import torch
 from transformers import BertConfig, BertForMaskedLM, PreTrainedTokenizerFast, set_seed
 
+from trainer.backbone.checkpoint import (
+    CHECKPOINT_MINUTES,
+    Checkpoint,
+    MlmState,
+    check_resumable,
+    check_same_build,
+    fingerprint,
+    load_tokenizer,
+)
 from trainer.backbone.mlm import MlmSettings, mlm_loss, pretrain_mlm
 from trainer.backbone.vectors import corpus_vectors, load_into
 from trainer.backbone.wordpiece import MIN_VOCAB, train_tokenizer, unk_rate
 from trainer.errors import BadInput
 from trainer.files import staged_folder
+from trainer.plots import mlm_curve_png
 from trainer.tables import read_table
 
 log = logging.getLogger(__name__)
@@ -75,6 +87,11 @@ class BackboneSettings:
     mlm_epochs: float = _setting(0, "masked-LM pretraining epochs on the texts (0 = none)")
     mlm_batch_size: int = _setting(64, "masked-LM batch size")
     mlm_learning_rate: float = _setting(5e-4, "masked-LM peak learning rate")
+    time_budget: float | None = _setting(
+        None,
+        "minutes masked-LM pretraining may run: it then stops and the backbone keeps what it "
+        "learnt; the learning-rate decay is re-planned to end there (default: no limit)",
+    )
     seed: int = _setting(0, "seed of sampling, initialisation and masking")
 
     def resolved(self) -> BackboneSettings:
@@ -113,9 +130,22 @@ class BackboneSettings:
             problems.append(f"mlm_epochs={self.mlm_epochs} must be a number in 0..{MAX_MLM_EPOCHS}")
         if not (math.isfinite(self.mlm_learning_rate) and 0 < self.mlm_learning_rate < 1):
             problems.append(f"mlm_learning_rate={self.mlm_learning_rate} must be in (0, 1)")
+        problems += self._budget_problems()
         problems += self._too_big()
         if problems:
             raise BadInput("backbone settings: " + "; ".join(problems))
+
+    def _budget_problems(self) -> list[str]:
+        if self.time_budget is None:
+            return []
+        if not (math.isfinite(self.time_budget) and self.time_budget > 0):
+            return [f"time_budget={self.time_budget} must be a positive number of minutes"]
+        if self.mlm_epochs == 0:
+            return [
+                f"time_budget={self.time_budget} limits masked-LM pretraining, which is off "
+                "(mlm_epochs=0); set --mlm-epochs or drop --time-budget"
+            ]
+        return []
 
     def _too_big(self) -> list[str]:
         """Sizes past these abort in native code or exhaust memory long before a result."""
@@ -158,6 +188,9 @@ def build_backbone(
     train: str | Path,
     out: str | Path,
     settings: BackboneSettings | None = None,
+    *,
+    resume: bool = False,
+    checkpoint_minutes: float = CHECKPOINT_MINUTES,
     **changes: Any,
 ) -> Path:
     """Train a tokenizer on ``train``'s texts, build (and optionally MLM-pretrain) a BERT.
@@ -165,20 +198,30 @@ def build_backbone(
     ``settings`` (default: ``BackboneSettings()``) with ``changes`` applied by field name,
     e.g. ``build_backbone(train, out, layers=1, hidden=32)``. The folder is built beside
     ``out`` and renamed into place at the end, so a failure leaves no half-made backbone.
-    Returns ``out``.
+    MLM pretraining saves a checkpoint every ``checkpoint_minutes`` beside ``out``;
+    ``resume`` continues an interrupted build from it. Returns ``out``.
     """
     settings = replace(settings or BackboneSettings(), **changes).resolved()
     settings.check()
+    if not (math.isfinite(checkpoint_minutes) and checkpoint_minutes >= 0):
+        raise BadInput(f"--checkpoint-minutes {checkpoint_minutes} must be a number >= 0")
     train, out = Path(train), Path(out)
     if out.exists():
         raise BadInput(f"output folder {out} already exists; remove it or choose another --out")
+    check_resumable(out, resume)
     started = time.perf_counter()
     texts = read_texts(train, settings.text_column, settings.max_samples, settings.seed)
+    record = {"settings": asdict(settings), "data": fingerprint(train, texts)}
+    if resume:
+        check_same_build(out, record)
     log.info("read %d texts from %s in %.1f s", len(texts), train, time.perf_counter() - started)
+    checkpoint = Checkpoint(out, checkpoint_minutes * 60, record)
+    tokenizer = load_tokenizer(out) if resume else None
+    model, tokenizer, report, state = _make(texts, settings, tokenizer, checkpoint)
+    report |= {"train": str(train), "seconds_total": round(time.perf_counter() - started, 2)}
     with staged_folder(out) as staging:
-        report = _build_into(staging, texts, settings)
-        report |= {"train": str(train), "seconds_total": round(time.perf_counter() - started, 2)}
-        (staging / "backbone.json").write_text(json.dumps(report, indent=2) + "\n")
+        _save(staging, model, tokenizer, report, state)
+    checkpoint.remove()
     log.info("backbone written to %s in %.1f s", out, report["seconds_total"])
     return out
 
@@ -219,17 +262,28 @@ def make_model(tokenizer: PreTrainedTokenizerFast, settings: BackboneSettings) -
     return BertForMaskedLM(config)
 
 
-def _build_into(folder: Path, texts: list[str], settings: BackboneSettings) -> dict:
+def _make(
+    texts: list[str],
+    settings: BackboneSettings,
+    tokenizer: PreTrainedTokenizerFast | None,
+    checkpoint: Checkpoint,
+) -> tuple[BertForMaskedLM, PreTrainedTokenizerFast, dict, MlmState | None]:
+    """The tokenizer (trained, unless a resumed build brings its own), the model, the report
+    and the MLM state (None without MLM)."""
     started = time.perf_counter()
-    tokenizer = train_tokenizer(texts, settings.vocab_size, settings.max_length)
+    resumed = tokenizer is not None
+    tokenizer = tokenizer or train_tokenizer(texts, settings.vocab_size, settings.max_length)
     unk = unk_rate(tokenizer, texts[:2000])
     tok_seconds = time.perf_counter() - started
     log.info("tokenizer: vocab %d, UNK rate %.2f%%, %.1f s", len(tokenizer), 100 * unk, tok_seconds)
     model = make_model(tokenizer, settings)
     log.info("model: BERT with %d encoder parameters", model.bert.num_parameters())
-    vec_seconds = _init_embeddings(model, tokenizer, texts, settings)
+    # A resumed build's checkpoint holds every weight, these initial vectors long changed.
+    vec_seconds = 0.0 if resumed else _init_embeddings(model, tokenizer, texts, settings)
     started = time.perf_counter()
-    loss = _pretrain(model, tokenizer, texts, settings) if settings.mlm_epochs > 0 else None
+    loss, state = None, None
+    if settings.mlm_epochs > 0:
+        loss, state = _pretrain(model, tokenizer, texts, settings, checkpoint)
     mlm_seconds = time.perf_counter() - started
     # Fine-tuning adds a pooler and a classifier that this folder lacks, drawn from
     # N(0, initializer_range). BERT's 0.02 suits a pretrained 768-wide pooler's big features;
@@ -237,9 +291,7 @@ def _build_into(folder: Path, texts: list[str], settings: BackboneSettings) -> d
     # the class prior, so predictions stay on the majority class. 1/sqrt(hidden) gives the
     # new layers unit gain (+3 points measured); the encoder keeps 0.02, which trains best.
     model.config.initializer_range = settings.hidden**-0.5
-    tokenizer.save_pretrained(folder)
-    model.to(device="cpu", dtype=torch.float32).save_pretrained(folder)
-    return {
+    report = {
         "settings": asdict(settings),
         "texts": len(texts),
         "vocab_size": len(tokenizer),
@@ -247,10 +299,29 @@ def _build_into(folder: Path, texts: list[str], settings: BackboneSettings) -> d
         "parameters": model.bert.num_parameters(),  # the encoder a classifier reuses
         "seconds_tokenizer": round(tok_seconds, 2),
         "seconds_vectors": round(vec_seconds, 2),
-        "seconds_mlm": round(mlm_seconds, 2),
+        "seconds_mlm": round(mlm_seconds, 2),  # this run's; mlm.training_seconds: every run's
         "mlm_loss": loss,
+        "mlm": state and state.summary(),  # steps done of planned, why it stopped
         "head_init_std": round(model.config.initializer_range, 5),
     }
+    return model, tokenizer, report, state
+
+
+def _save(
+    folder: Path,
+    model: BertForMaskedLM,
+    tokenizer: PreTrainedTokenizerFast,
+    report: dict,
+    state: MlmState | None,
+) -> None:
+    tokenizer.save_pretrained(folder)
+    model.to(device="cpu", dtype=torch.float32).save_pretrained(folder)
+    if state is not None:
+        curve = state.curve | {"held_out_loss": report["mlm_loss"]} | state.summary()
+        (folder / "mlm_curve.json").write_text(json.dumps(curve, indent=2) + "\n")
+        title = f"MLM pretraining: {state.step} of {state.planned} planned steps"
+        mlm_curve_png(curve, folder / "mlm_curve.png", title)
+    (folder / "backbone.json").write_text(json.dumps(report, indent=2) + "\n")
 
 
 def _init_embeddings(
@@ -275,13 +346,18 @@ def _pretrain(
     tokenizer: PreTrainedTokenizerFast,
     texts: list[str],
     s: BackboneSettings,
-) -> dict[str, float]:
-    mlm = MlmSettings(s.mlm_epochs, s.mlm_batch_size, s.mlm_learning_rate, s.max_length, s.seed)
-    started = time.perf_counter()
-    loss = pretrain_mlm(model, tokenizer, texts, mlm)
-    seconds = time.perf_counter() - started
-    log.info("MLM: held-out loss %.3f -> %.3f, %.1f s", loss["before"], loss["after"], seconds)
-    return loss
+    checkpoint: Checkpoint,
+) -> tuple[dict[str, float], MlmState]:
+    budget = None if s.time_budget is None else 60 * s.time_budget
+    mlm = MlmSettings(
+        s.mlm_epochs, s.mlm_batch_size, s.mlm_learning_rate, s.max_length, s.seed, budget
+    )
+    loss, state = pretrain_mlm(model, tokenizer, texts, mlm, checkpoint)
+    log.info(
+        "MLM: held-out loss %.3f -> %.3f, %d of %d planned steps, %.1f s of training",
+        loss["before"], loss["after"], state.step, state.planned, state.seconds,
+    )  # fmt: skip
+    return loss, state
 
 
 __all__ = ["PRESETS", "BackboneSettings", "build_backbone", "make_model", "mlm_loss", "read_texts"]

@@ -11,6 +11,7 @@ import json
 import logging
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from trainer.backbone.build import BackboneSettings, build_backbone
 
@@ -30,17 +31,18 @@ def cache_key(train: Path, settings: BackboneSettings) -> str:
 
 
 def cached_backbone(
-    train: str | Path, cache: str | Path, settings: BackboneSettings
+    train: str | Path, cache: str | Path, settings: BackboneSettings, **run_options: Any
 ) -> tuple[Path, bool]:
     """The cached backbone for ``train`` and ``settings``, built first if missing; returns
-    (folder, whether it was built now)."""
+    (folder, whether it was built now). ``run_options`` go to ``build_backbone`` (``resume``
+    continues an interrupted build of the same key: its checkpoint lies beside the entry)."""
     train = Path(train)
     entry = Path(cache) / cache_key(train, settings)
     if (entry / "backbone.json").is_file():
         log.info("backbone cache hit: %s", entry)
         return entry, False
     try:
-        build_backbone(train, entry, settings)
+        build_backbone(train, entry, settings, **run_options)
     except OSError:
         # Another build of the same key may have published first (its rename wins): use it.
         if not (entry / "backbone.json").is_file():

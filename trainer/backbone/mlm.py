@@ -2,26 +2,35 @@
 
 A plain loop rather than the Hugging Face Trainer, for speed on CPU: the vocabulary
 projection runs on the masked positions only, and batches group texts of similar length.
+A long run logs a progress line with its ETA, saves checkpoints it can resume from
+(``trainer.backbone.checkpoint``), records its loss curve and may stop on a time budget,
+with the learning-rate decay re-planned to end there.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import random
+import time
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from transformers import (
-    BertForMaskedLM,
-    DataCollatorForLanguageModeling,
-    PreTrainedTokenizerFast,
-    get_linear_schedule_with_warmup,
-)
+from transformers import BertForMaskedLM, DataCollatorForLanguageModeling, PreTrainedTokenizerFast
+
+from trainer.backbone.checkpoint import Checkpoint, MlmState, restore, snapshot
+
+log = logging.getLogger(__name__)
 
 MLM_PROBABILITY = 0.15
 MAX_EVAL_TEXTS = 500  # held-out texts for the before/after loss
 WARMUP_FRACTION = 0.06  # RoBERTa's
+PROGRESS_SECONDS = 30.0  # between progress lines; also after the steps of EARLY_STEPS
+EARLY_STEPS = (1, 10, 100)
+# A budgeted run measures its speed this long (at most a tenth of the budget) before it
+# re-plans its schedule: the first steps are slow (allocation, warm caches) and would bias it.
+REPLAN_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -31,6 +40,7 @@ class MlmSettings:
     learning_rate: float
     max_length: int
     seed: int
+    time_budget: float | None = None  # seconds of training; None: no limit
 
 
 def encode(tokenizer: PreTrainedTokenizerFast, texts: list[str], max_length: int) -> list[dict]:
@@ -108,18 +118,22 @@ def pretrain_mlm(
     tokenizer: PreTrainedTokenizerFast,
     texts: list[str],
     settings: MlmSettings,
-) -> dict[str, float]:
-    """Pretrain on all but a held-out slice of ``texts``; returns its loss before and after."""
+    checkpoint: Checkpoint | None = None,
+) -> tuple[dict[str, float], MlmState]:
+    """Pretrain on all but a held-out slice of ``texts``; returns its loss before and after,
+    and the training state (steps, curve). Resumes from ``checkpoint`` when it holds one."""
     shuffled = random.Random(settings.seed).sample(texts, len(texts))
     n_eval = min(MAX_EVAL_TEXTS, len(texts) // 20)
     # Tiny corpora have nothing to spare: evaluate on the training texts then.
     eval_texts, train_texts = shuffled[:n_eval] or shuffled, shuffled[n_eval:]
     loss_kw = {"max_length": settings.max_length, "seed": settings.seed}
     model.to("cuda" if torch.cuda.is_available() else "cpu")
-    before = mlm_loss(model, tokenizer, eval_texts, **loss_kw)
-    train_mlm(model, tokenizer, train_texts or eval_texts, settings)
+    resuming = checkpoint is not None and checkpoint.exists()
+    before = math.nan if resuming else mlm_loss(model, tokenizer, eval_texts, **loss_kw)
+    state = train_mlm(model, tokenizer, train_texts or eval_texts, settings, checkpoint, before)
     after = mlm_loss(model, tokenizer, eval_texts, **loss_kw)
-    return {"before": round(before, 4), "after": round(after, 4), "eval_texts": len(eval_texts)}
+    loss = {"before": round(state.before, 4), "after": round(after, 4)}
+    return loss | {"eval_texts": len(eval_texts)}, state
 
 
 def train_mlm(
@@ -127,26 +141,149 @@ def train_mlm(
     tokenizer: PreTrainedTokenizerFast,
     texts: list[str],
     settings: MlmSettings,
-) -> None:
-    """AdamW with warmup and linear decay on length-grouped, BERT-masked batches."""
+    checkpoint: Checkpoint | None = None,
+    before: float = math.nan,
+) -> MlmState:
+    """AdamW with warmup and linear decay on length-grouped, BERT-masked batches.
+
+    Continues from ``checkpoint``'s state when it has one and saves to it as it goes; stops
+    when the steps are done or ``settings.time_budget`` is spent.
+    """
     features = encode(tokenizer, texts, settings.max_length)
     lengths = [len(f["input_ids"]) for f in features]
     batches = length_grouped_batches(lengths, settings.batch_size, settings.epochs, settings.seed)
     params = list(model.parameters())  # the tied embedding/decoder weight appears once
+    optimizer = make_optimizer(params, settings.learning_rate)
+    collator = masker(tokenizer, settings.seed)
+    warmup = math.ceil(WARMUP_FRACTION * len(batches))
+    state = MlmState(planned=len(batches), total=len(batches), warmup=warmup, before=before)
+    if checkpoint is not None and checkpoint.exists():
+        state = restore(checkpoint.load(), model, optimizer, collator)
+    clock = Clock(state, settings.time_budget)
+    model.train()
+    while state.step < state.total and not clock.spent():
+        lr = settings.learning_rate * schedule(state.step, state.warmup, state.total)
+        batch = collator([features[i] for i in batches[state.step]])
+        state.record(train_step(model, optimizer, params, batch, lr), lr, clock.seconds())
+        clock.tick(state)
+        if checkpoint is not None and checkpoint.due():
+            checkpoint.save(snapshot(state, model, optimizer, collator), tokenizer)
+    state.close_interval()
+    clock.finish(state)
+    return state
+
+
+def make_optimizer(params: list[torch.nn.Parameter], learning_rate: float) -> torch.optim.AdamW:
     groups = [  # no weight decay on biases and LayerNorm, as in BERT
         {"params": [p for p in params if p.ndim > 1], "weight_decay": 0.01},
         {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
     ]
-    optimizer = torch.optim.AdamW(groups, lr=settings.learning_rate)
-    warmup = math.ceil(WARMUP_FRACTION * len(batches))
-    schedule = get_linear_schedule_with_warmup(optimizer, warmup, len(batches))
-    collator, device = masker(tokenizer, settings.seed), params[0].device
-    model.train()
-    for rows in batches:
-        batch = collator([features[i] for i in rows])
-        if (batch["labels"] != -100).any():  # a batch of 1-token texts may mask nothing
-            masked_lm_loss(model, {k: v.to(device) for k, v in batch.items()}).backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        schedule.step()
+    return torch.optim.AdamW(groups, lr=learning_rate)
+
+
+def schedule(step: int, warmup: int, total: int) -> float:
+    """The learning-rate factor of ``step``: transformers' get_linear_schedule_with_warmup,
+    as a function of the step because a time budget may move ``total`` mid-run."""
+    if step < warmup:
+        return step / max(1, warmup)
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def train_step(
+    model: BertForMaskedLM,
+    optimizer: torch.optim.Optimizer,
+    params: list[torch.nn.Parameter],
+    batch: dict[str, torch.Tensor],
+    lr: float,
+) -> float | None:
+    """One AdamW step at ``lr``; the batch's loss, or None when it masks nothing (a batch of
+    1-token texts may)."""
+    if not (batch["labels"] != -100).any():
+        return None
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    loss = masked_lm_loss(model, {k: v.to(params[0].device) for k, v in batch.items()})
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.item()
+
+
+class Clock:
+    """This run's time: the budget, the progress lines, the re-planned schedule."""
+
+    def __init__(self, state: MlmState, budget: float | None) -> None:
+        self.budget, self.first_step, self.base = budget, state.step, state.seconds
+        self.started = self.last_line = time.perf_counter()
+
+    def seconds(self) -> float:
+        """Training seconds over every run, so a resumed build keeps its budget."""
+        return self.base + time.perf_counter() - self.started
+
+    def spent(self) -> bool:
+        return self.budget is not None and self.seconds() >= self.budget
+
+    def rate(self, state: MlmState) -> float:
+        return (state.step - self.first_step) / max(time.perf_counter() - self.started, 1e-9)
+
+    def tick(self, state: MlmState) -> None:
+        """After a step: a progress line when due; once measured, re-plan for the budget."""
+        now = time.perf_counter()
+        if state.step in EARLY_STEPS or now - self.last_line >= PROGRESS_SECONDS:
+            log.info(progress_line(state, self.rate(state), self.budget))
+            self.last_line = now
+        measure = math.inf if self.budget is None else min(REPLAN_SECONDS, self.budget / 10)
+        if not state.replanned and now - self.started >= measure:
+            replan(state, self.rate(state), self.budget)
+
+    def finish(self, state: MlmState) -> None:
+        log.info(progress_line(state, self.rate(state), self.budget))
+        if state.step < state.planned:
+            log.info(
+                "MLM: the time budget (%s) allowed %d of the %d planned steps",
+                duration(self.budget or 0), state.step, state.planned,
+            )  # fmt: skip
+
+
+def replan(state: MlmState, rate: float, budget: float) -> None:
+    """End the schedule (its linear decay) at the step the budget is expected to allow,
+    rather than stop abruptly at a high learning rate. Done once, after the speed is
+    measured; an optimistic estimate still stops on the budget, a pessimistic one early."""
+    state.replanned = True
+    fit = max(state.step, state.step + int(rate * (budget - state.seconds)))
+    if fit < state.total:
+        log.info(
+            "MLM: %.1f steps/s, so about %d of %d steps fit the time budget of %s; "
+            "the learning rate now decays to 0 at step %d",
+            rate, fit, state.total, duration(budget), fit,
+        )  # fmt: skip
+        state.total = fit
+        # The warmup keeps its length (a shorter one would jump the rate up mid-warmup)
+        # unless the shortened run could not decay after it.
+        state.warmup = min(state.warmup, fit // 4)
+
+
+def progress_line(state: MlmState, rate: float, budget: float | None) -> str:
+    """``MLM step 1200/8000 (15%), loss 6.12, 3.1 steps/s, elapsed 6m20s, ETA 36m``."""
+    left = (state.total - state.step) / rate if rate > 0 else math.inf
+    by_budget = budget is not None and budget - state.seconds < left
+    left = max(0.0, budget - state.seconds) if by_budget else left
+    return (
+        f"MLM step {state.step}/{state.total} ({state.step / max(state.total, 1):.0%}), "
+        f"loss {state.recent_loss():.2f}, {rate:.1f} steps/s, elapsed {duration(state.seconds)}"
+        f", ETA {duration(left)}" + (" (time budget)" if by_budget else "")
+    )
+
+
+def duration(seconds: float) -> str:
+    """45s, 6m20s, 36m, 1h05m: to the second while short, coarser when long."""
+    if not math.isfinite(seconds):
+        return "?"
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    minutes = round(seconds / 60)
+    return f"{minutes}m" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"
