@@ -5,13 +5,13 @@ BIN    := $(VENV)/bin
 # The CPU wheel of torch lies on this kind of machine; elsewhere pip picks the build for the host.
 TORCH  ?= $(if $(wildcard /opt/wheels/torch-2.13.0+cpu-*.whl),torch==2.13.0,torch>=2.4)
 
-.PHONY: install system-deps backbone demo-config search test test-fast lint format bench soak db-up db-down clean
+.PHONY: install system-deps backbone demo-config search test test-fast lint format bench quality soak db-up db-down clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH)"
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[dev,bench]"
 	touch $@
 
 install: $(BIN)/.installed
@@ -71,6 +71,11 @@ search: install runs/backbone/config.json demo-config
 # Benchmark of issue 6 (not a test): seed-style loop vs focaltune, overheads. ~10 min.
 bench: install
 	$(BIN)/python benchmarks/bench.py --out runs/bench.json
+
+# Does it learn, and does each stage pay (issue 11, not a test): baselines vs train vs
+# search -> export -> final (full data, 200,000 rows) -> predict, on test.csv.gz.
+quality: install runs/backbone/config.json
+	$(BIN)/python benchmarks/quality.py --out runs/quality --nsmc4 $(NSMC4)
 
 # Fault soak (not in `make test`, run by CI): 4 workers, random kill -9, PostgreSQL.
 soak: install

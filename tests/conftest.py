@@ -66,6 +66,17 @@ def tiny_backbone(tmp_path_factory: pytest.TempPathFactory, nsmc_csv) -> Path:
 
 
 @pytest.fixture(scope="session")
+def learning_backbone(tmp_path_factory: pytest.TempPathFactory, nsmc_csv) -> Path:
+    """The standard recipe (corpus vectors) at test size, for tests whose point is learning:
+    pieces and vectors from 30,000 reviews that no test labels or evaluates (offset 10,000)."""
+    from trainer.backbone import PRESETS, build_backbone
+
+    out = tmp_path_factory.mktemp("backbone") / "learning"
+    texts = nsmc_csv(30_000, offset=10_000)
+    return build_backbone(texts, out, PRESETS["standard"], vocab_size=16_000, max_length=64)
+
+
+@pytest.fixture(scope="session")
 def postgres(tmp_path_factory: pytest.TempPathFactory):
     """A real PostgreSQL server on 127.0.0.1, started once for the test session."""
     from tools.postgres import LocalPostgres

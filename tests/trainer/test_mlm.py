@@ -23,8 +23,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 import trainer.backbone.mlm as mlm
 from tests.trainer.test_backbone import focaltune, focaltune_command
 from trainer.backbone import build_backbone, cached_backbone
-from trainer.backbone.build import BackboneSettings
 from trainer.backbone.checkpoint import checkpoint_folder
+from trainer.backbone.settings import BackboneSettings
 
 SMALL = {"vocab_size": 500, "layers": 1, "hidden": 32, "heads": 2, "max_length": 32}
 # 300 texts (15 held out), batches of 16: 18 steps an epoch, 54 in all.

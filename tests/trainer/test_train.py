@@ -73,19 +73,18 @@ def test_gradient_accumulation_4x8_equals_1x32(tmp_path, tiny_bert) -> None:
 
 
 @pytest.mark.slow
-def test_tiny_backbone_beats_majority_class(tiny_backbone, nsmc_csv) -> None:
-    # The acceptance check: a backbone built from the first 2,000 reviews, fine-tuned for
-    # 2 epochs, beats the majority class on 500 held-out rows by a clear margin. A
-    # transformer trained from scratch needs more labelled rows than its tokenizer needs
-    # texts: on 2,000 rows it stays within ~1 point of the majority whatever the settings,
-    # on 5,000 it is 3.6-5.2 points above (seeds 42-44). Rows 5000-5499 are never trained on.
-    train_csv = nsmc_csv(5000, offset=0)
-    eval_csv = nsmc_csv(500, offset=5000)
+def test_the_standard_recipe_learns(learning_backbone, nsmc_csv) -> None:
+    # The acceptance check: the standard recipe (corpus vectors) at test size, fine-tuned on
+    # 4,000 reviews for 2 epochs, beats the majority class on 1,000 held-out rows by a clear
+    # margin. A random backbone stays within ~2 points of the majority here (README, Backbone
+    # recipe); this one measured +9.1 points (seed 42). Rows 5000-5999 are never trained on.
+    train_csv = nsmc_csv(4000, offset=0)
+    eval_csv = nsmc_csv(1000, offset=5000)
     cfg = TrainConfig(
         data=DataConfig(train=str(train_csv), validation=str(eval_csv), max_length=64),
-        model=ModelConfig(name_or_path=str(tiny_backbone)),
+        model=ModelConfig(name_or_path=str(learning_backbone)),
         train=TrainSettings(batch_size=32, evals_per_epoch=2, seed=42),
-        params=Hyperparams(focal_gamma=1.0, label_smoothing=0.05, learning_rate=2e-3, epochs=2),
+        params=Hyperparams(focal_gamma=1.0, label_smoothing=0.05, learning_rate=5e-4, epochs=2),
     )
     seen = []
     result = train_model(cfg, on_evaluate=seen.append)
@@ -96,7 +95,7 @@ def test_tiny_backbone_beats_majority_class(tiny_backbone, nsmc_csv) -> None:
         f"{result.train_seconds:.0f} s, {result.train_samples_per_second:.0f} samples/s"
     )
     assert [r.index for r in seen] == [1, 2, 3, 4]  # 2 epochs x 2 evaluations, hook saw each
-    assert result.best.accuracy > majority + 0.02
+    assert result.best.accuracy > majority + 0.05
     json.dumps(result.to_json())  # metrics must be JSON-serialisable
 
 

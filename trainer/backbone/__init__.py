@@ -5,7 +5,8 @@ package; what a trial needs of a backbone is in ``trainer/loading.py``.
 
 from __future__ import annotations
 
-from trainer.backbone.build import PRESETS, BackboneSettings, build_backbone
+from trainer.backbone.build import build_backbone
 from trainer.backbone.cache import cached_backbone
+from trainer.backbone.settings import PRESETS, BackboneSettings
 
 __all__ = ["PRESETS", "BackboneSettings", "build_backbone", "cached_backbone"]

@@ -13,7 +13,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from trainer.backbone.build import BackboneSettings, build_backbone
+from trainer.backbone.build import build_backbone
+from trainer.backbone.settings import BackboneSettings
 
 log = logging.getLogger(__name__)
 
