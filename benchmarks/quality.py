@@ -179,16 +179,16 @@ def shares(labels: np.ndarray, n: int) -> list[float]:
     return (np.bincount(labels, minlength=n) / max(len(labels), 1)).round(4).tolist()
 
 
+METRICS = ("accuracy", "macro_f1", "recall", "pred_distribution")  # a table row's figures
+
+
+def row(system: str, rows: int, metrics: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """One table row: what was trained on how many labelled rows, and its test figures."""
+    return {"system": system, "labelled_rows": rows} | {k: metrics[k] for k in METRICS} | extra
+
+
 def scored(name: str, rows: int, probs: np.ndarray, test: pd.DataFrame, **extra) -> dict:
-    m = probs_metrics(probs, test.label.to_numpy())
-    return {
-        "system": name,
-        "labelled_rows": rows,
-        "accuracy": m["accuracy"],
-        "macro_f1": m["macro_f1"],
-        "recall": m["recall"],
-        "pred_distribution": m["pred_distribution"],
-    } | extra
+    return row(name, rows, probs_metrics(probs, test.label.to_numpy()), **extra)
 
 
 def baselines(slices: dict[str, Path], test: pd.DataFrame, times: dict) -> list[dict]:
@@ -251,10 +251,7 @@ def train_run(out: Path, backbone: Path, slices: dict[str, Path], smoke: bool) -
     )
     last = json.loads((out / "train" / "metrics.json").read_text())["evaluations"][-1]
     rows = len(pd.read_csv(slices["search"]))
-    keys = ("accuracy", "macro_f1", "recall", "pred_distribution")
-    return {"system": "focaltune train, seed's best settings", "labelled_rows": rows} | {
-        k: last[k] for k in keys
-    }
+    return row("focaltune train, seed's best settings", rows, last)
 
 
 def search(out: Path, backbone: Path, train: Path, trials: int, smoke: bool) -> None:
@@ -282,25 +279,15 @@ def product_rows(out: Path, test: pd.DataFrame, rows: int, times: dict) -> list[
     report = json.loads((out / "bundle" / "report.json").read_text())
     result = []
     for member in report["members"]:
-        m = member["test"]
-        result.append(
-            {
-                "system": f"member {member['name']} ({member['kept']})",
-                "labelled_rows": rows,
-                "validation_accuracy": member["validation"][member["kept"]]["accuracy"],
-            }
-            | {k: m[k] for k in ("accuracy", "macro_f1", "recall", "pred_distribution")}
-        )
+        kept = member["kept"]
+        validation = member["validation"][kept]["accuracy"]
+        name = f"member {member['name']} ({kept})"
+        result.append(row(name, rows, member["test"], validation_accuracy=validation))
     ensemble = report["ensemble"]
     for name, variant in ensemble["variants"].items():
-        m = variant["test"]
+        validation = variant["validation"]["accuracy"]
         result.append(
-            {
-                "system": f"ensemble {name}",
-                "labelled_rows": rows,
-                "validation_accuracy": variant["validation"]["accuracy"],
-            }
-            | {k: m[k] for k in ("accuracy", "macro_f1", "recall", "pred_distribution")}
+            row(f"ensemble {name}", rows, variant["test"], validation_accuracy=validation)
         )
     served = pd.read_csv(out / "pred.csv")
     probs = served[[c for c in served.columns if c.startswith("prob_")]].to_numpy()

@@ -40,5 +40,8 @@ def test_quality_smoke_run_writes_every_system_and_stage(tmp_path: Path) -> None
     # The served row is scored from predict's own output file, row by row.
     pred, test = pd.read_csv(out / "pred.csv"), pd.read_csv(out / "test.csv")
     assert len(pred) == len(test) == result["sizes"]["test"]
-    assert served[0]["accuracy"] == pytest.approx((pred.label == test.label).mean(), abs=1e-9)
+    # Two computations: predict's labels come from its in-memory probabilities, the row's
+    # argmax from the CSV's printed ones; a near-tie may round apart, so allow one row.
+    correct = (pred.label == test.label).mean()
+    assert served[0]["accuracy"] == pytest.approx(correct, abs=1.5 / len(test))
     assert "| served bundle" in (out / "quality.md").read_text(encoding="utf-8")

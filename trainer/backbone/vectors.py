@@ -62,7 +62,7 @@ def svd_vectors(matrix: sp.csr_matrix, dim: int, seed: int) -> np.ndarray:
     Levy et al. found better than U * S for similarity).
 
     A randomized SVD (Halko, Martinsson & Tropp, 2011) with scipy's sparse products: torch's
-    ``svd_lowrank`` on a sparse tensor took 170 s where this takes seconds (48,000 pieces,
+    ``svd_lowrank`` on a sparse tensor took 170 s where this took 36 s in float32 (48,000 pieces,
     23 million non-zeros), and scikit-learn's version is not worth a dependency.
     """
     rank = min(dim, min(matrix.shape) - 1)  # a tiny vocabulary has fewer directions
