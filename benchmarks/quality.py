@@ -41,6 +41,8 @@ BIN = Path(sys.executable).parent
 # The seed experiment's best single model (configs/demo.yaml enqueues it too); its learning
 # rate is the one measured for the standard backbone (README, Backbone recipe).
 SEED_BEST = {"focal_gamma": 2.965, "label_smoothing": 0.185, "learning_rate": 5e-4, "epochs": 2}
+# How `export` picks the 3 members: the 3 best trials, or the best trial with 3 seeds.
+MEMBERS = {"top3": ("--top-k", "3"), "seeds": ("--seeds", "3")}
 SIZES = {  # search rows, trials, final rows, test rows (None: all)
     "full": (4000, 8, 200_000, None),
     "smoke": (300, 2, 600, 500),
@@ -70,8 +72,7 @@ def main() -> int:
             storage(out),
             "--study",
             "quality",
-            "--top-k",
-            "3",
+            *MEMBERS[args.members],
             "--out",
             str(out / "final.yaml"),
         ),
@@ -108,6 +109,7 @@ def main() -> int:
         "seconds": times,
         "backbone": backbone_info,
         "sizes": {"search": search_rows, "final": final_rows, "test": len(test), "trials": trials},
+        "members": args.members,
         "true_distribution": shares(test.label.to_numpy(), 4),
     }
     (out / "quality.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
@@ -123,6 +125,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, random backbone")
     parser.add_argument("--search-rows", type=int, help="labelled rows of the search slice")
     parser.add_argument("--final-rows", type=int, help="labelled rows the final members use")
+    parser.add_argument(
+        "--members", choices=MEMBERS, default="seeds", help="export's choice (default seeds)"
+    )
     parser.add_argument("--backbone", help="a backbone folder (default: the standard, cached)")
     parser.add_argument(
         "--cache",
@@ -280,14 +285,12 @@ def product_rows(out: Path, test: pd.DataFrame, rows: int, times: dict) -> list[
     result = []
     for member in report["members"]:
         kept = member["kept"]
-        validation = member["validation"][kept]["accuracy"]
         name = f"member {member['name']} ({kept})"
-        result.append(row(name, rows, member["test"], validation_accuracy=validation))
+        result.append(row(name, rows, member["test"], **validated(member["validation"][kept])))
     ensemble = report["ensemble"]
     for name, variant in ensemble["variants"].items():
-        validation = variant["validation"]["accuracy"]
         result.append(
-            row(f"ensemble {name}", rows, variant["test"], validation_accuracy=validation)
+            row(f"ensemble {name}", rows, variant["test"], **validated(variant["validation"]))
         )
     served = pd.read_csv(out / "pred.csv")
     probs = served[[c for c in served.columns if c.startswith("prob_")]].to_numpy()
@@ -303,6 +306,10 @@ def product_rows(out: Path, test: pd.DataFrame, rows: int, times: dict) -> list[
     return result
 
 
+def validated(metrics: dict[str, Any]) -> dict[str, float]:
+    return {"validation_accuracy": metrics["accuracy"], "validation_macro_f1": metrics["macro_f1"]}
+
+
 def _pct(value: float) -> str:
     return f"{100 * value:.2f}"
 
@@ -312,20 +319,22 @@ def markdown(result: dict[str, Any]) -> str:
         f"Test rows: {result['sizes']['test']:,}; true class shares "
         f"{' / '.join(_pct(s) for s in result['true_distribution'])} %.",
         "",
-        "| system | labelled rows | val acc | test acc | macro-F1 | recall per class | "
-        "predicted shares |",
-        "|---|---|---|---|---|---|---|",
+        "| system | labelled rows | val acc | val macro-F1 | test acc | macro-F1 | "
+        "recall per class | predicted shares |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in result["rows"]:
-        val = row.get("validation_accuracy")
+        val = [row.get(f"validation_{k}") for k in ("accuracy", "macro_f1")]
+        val_cells = " | ".join("" if v is None else _pct(v) for v in val)
         lines.append(
-            f"| {row['system']} | {row['labelled_rows']:,} | {'' if val is None else _pct(val)} "
+            f"| {row['system']} | {row['labelled_rows']:,} | {val_cells} "
             f"| {_pct(row['accuracy'])} | {_pct(row['macro_f1'])} | "
             f"{' / '.join(_pct(r) for r in row['recall'])} | "
             f"{' / '.join(_pct(s) for s in row['pred_distribution'])} |"
         )
     lines += [
         "",
+        f"Members: {result['members']} (export {' '.join(MEMBERS[result['members']])}).",
         "Seconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in result["seconds"].items()),
     ]
     built = result["backbone"].get("seconds_total")

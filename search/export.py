@@ -27,7 +27,14 @@ def rank_trials(study: optuna.Study) -> list[FrozenTrial]:
     return ranked
 
 
-def choose(ranked: list[FrozenTrial], top_k: int, per_backbone: bool, default: str) -> list:
+def choose(
+    ranked: list[FrozenTrial], top_k: int, per_backbone: bool, default: str, seeds: int | None
+) -> list:
+    if seeds:
+        # A seed ensemble: the members differ only in their seeds (initial head, data order,
+        # dropout), so each is as good as the best trial, unlike the runners-up of a short
+        # search.
+        return ranked[:1] * seeds
     if not per_backbone:
         return ranked[:top_k]
     best: dict[str, FrozenTrial] = {}
@@ -42,16 +49,22 @@ def config_hash(cfg: StudyConfig) -> str:
 
 
 def export_final(
-    study: optuna.Study, cfg: StudyConfig, *, top_k: int = 3, per_backbone: bool = False
+    study: optuna.Study,
+    cfg: StudyConfig,
+    *,
+    top_k: int = 3,
+    per_backbone: bool = False,
+    seeds: int | None = None,
 ) -> FinalConfig:
-    """The final config: one member per chosen trial, each with its own seed."""
+    """The final config: one member per chosen trial (the K best, the best per backbone, or
+    the best one ``seeds`` times), each member with its own seed."""
     ranked = rank_trials(study)
     if not ranked:
         raise BadInput(
             f"study {study.study_name!r} has no COMPLETE trial to export; "
             "run workers first (focaltune worker / launch)"
         )
-    chosen = choose(ranked, top_k, per_backbone, cfg.model.name_or_path)
+    chosen = choose(ranked, top_k, per_backbone, cfg.model.name_or_path, seeds)
     members = []
     for i, trial in enumerate(chosen):
         run = params_to_config(trial.params, cfg)

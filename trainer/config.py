@@ -124,13 +124,19 @@ class EnsembleConfig(Strict):
     weights: Literal["auto", "best", "uniform", "tuned"] = Field(
         "auto",
         description="what the bundle serves: auto = whichever candidate (best member alone, "
-        "uniform or tuned weights, each with and without the prior bias) has the highest "
-        "validation accuracy; best, uniform or tuned = that kind of weights",
+        "uniform or tuned weights, each with and without the prior bias) scores highest on "
+        "validation; best, uniform or tuned = that kind of weights",
     )
     prior_correction: bool = Field(
         True,
-        description="fit a per-class prior bias on validation; with weights best, uniform or "
-        "tuned it is served when it does not lower validation accuracy",
+        description="fit a per-class bias on validation that makes the predicted class "
+        "shares match the training labels'; with weights best, uniform or tuned it is "
+        "served when it does not lower the validation score",
+    )
+    select: Literal["accuracy", "macro_f1"] = Field(
+        "accuracy",
+        description="the validation score that chooses the served variant; macro_f1 favours "
+        "the minority classes (and usually the prior bias) at some cost in accuracy",
     )
 
 

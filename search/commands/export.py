@@ -1,4 +1,5 @@
-"""`focaltune export --storage URL --study NAME [--top-k 3 | --per-backbone] --out FINAL.yaml`."""
+"""`focaltune export --storage URL --study NAME --out FINAL.yaml` with one of `--top-k 3`
+(the default), `--per-backbone` or `--seeds N`."""
 
 from __future__ import annotations
 
@@ -23,6 +24,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--top-k", type=int_in(1, 1000), default=3, help="members = the K best trials"
     )
     group.add_argument("--per-backbone", action="store_true", help="the best trial per backbone")
+    group.add_argument(
+        "--seeds",
+        type=int_in(1, 1000),
+        help="members = the best trial N times, each with its own seed (a seed ensemble)",
+    )
     parser.add_argument("--out", required=True, help="YAML file to write")
     parser.set_defaults(func=run)
 
@@ -33,7 +39,9 @@ def run(args: argparse.Namespace) -> int:
     study = load_existing(url, args.study)
     cfg = stored_config(study)
     check_output(args.out, "--out", data_inputs(cfg.data))
-    final = export_final(study, cfg, top_k=args.top_k, per_backbone=args.per_backbone)
+    final = export_final(
+        study, cfg, top_k=args.top_k, per_backbone=args.per_backbone, seeds=args.seeds
+    )
     path = write_text_atomic(args.out, to_yaml(final))
     trials = ", ".join(str(m.source_trial) for m in final.members)
     print(f"exported {len(final.members)} members (trials {trials}) to {path}")

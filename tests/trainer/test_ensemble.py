@@ -97,7 +97,7 @@ def test_tuned_weights_down_weight_a_pure_noise_member() -> None:
     assert nll(average_probs(members, weights), labels) < uniform - 0.01
 
 
-def test_prior_bias_recovers_a_skewed_prior() -> None:
+def test_prior_bias_matches_the_predicted_shares_of_a_skewed_model() -> None:
     # A calibrated model's posteriors, re-weighted per class as a focal alpha would.
     prior = np.array([0.4, 0.3, 0.2, 0.1])
     probs, labels = calibrated_problem(1, n=4000, prior=prior)
@@ -107,22 +107,32 @@ def test_prior_bias_recovers_a_skewed_prior() -> None:
     bias = fit_prior_bias(skewed, target)
     fixed = apply_bias(skewed, bias)
     np.testing.assert_allclose(fixed.sum(axis=1), 1.0)
-    np.testing.assert_allclose(fixed.mean(axis=0), target, atol=1e-6)
-    before = np.abs(argmax_distribution(skewed) - target).sum()
-    after = np.abs(argmax_distribution(fixed) - target).sum()
-    assert after < before / 2
-    # The fitted bias approximately undoes the re-weighting (up to a constant).
-    centred = -np.log(alpha) + np.log(alpha).mean()
-    np.testing.assert_allclose(bias, centred, atol=0.15)
-    assert bias.mean() == pytest.approx(0.0, abs=1e-8)  # centred; uncentred would be ~0.1
+    before = np.abs(argmax_distribution(skewed) - target).max()
+    assert before > 0.1
+    assert np.abs(argmax_distribution(fixed) - target).max() < 0.01
+    # The bias pushes against the re-weighting: down where alpha raised, up where it cut.
+    assert np.all(np.diff(bias) < 0)
+    assert bias.mean() == pytest.approx(0.0, abs=1e-8)  # centred
 
 
-def test_prior_bias_leaves_a_calibrated_model_nearly_unchanged() -> None:
-    probs, labels = calibrated_problem(2, n=4000)
+def test_prior_bias_fixes_shares_where_matching_the_mean_would_not() -> None:
+    # Flattened probabilities, as label smoothing leaves them: the mean probability of the
+    # majority class sits below its share, though argmax already over-predicts it.
+    prior = np.array([0.55, 0.25, 0.12, 0.08])
+    probs, labels = calibrated_problem(8, n=4000, prior=prior)
+    flat = 0.6 * probs + 0.4 / 4
     target = np.bincount(labels, minlength=4) / len(labels)
-    bias = fit_prior_bias(probs, target)
-    assert np.abs(bias).max() < 0.1
-    assert np.abs(apply_bias(probs, bias) - probs).max() < 0.05
+    assert argmax_distribution(flat)[0] > target[0] + 0.05
+    assert flat.mean(axis=0)[0] < target[0] - 0.05
+    fixed = apply_bias(flat, fit_prior_bias(flat, target))
+    assert np.abs(argmax_distribution(fixed) - target).max() < 0.01
+
+
+def test_prior_bias_leaves_a_model_with_the_right_shares_nearly_unchanged() -> None:
+    probs, labels = calibrated_problem(2, n=4000)
+    bias = fit_prior_bias(probs, argmax_distribution(probs))
+    assert np.abs(bias).max() < 0.05
+    np.testing.assert_array_equal(apply_bias(probs, bias).argmax(axis=1), probs.argmax(axis=1))
 
 
 def test_prior_bias_rejects_a_class_missing_from_the_target() -> None:
@@ -258,6 +268,20 @@ def test_an_explicit_kind_adds_the_prior_bias_only_when_it_does_not_lower_accura
     assert accuracies(hurt)[f"{kind}+prior"] < accuracies(hurt)[kind] - 0.1
     bare = served(members, labels, weights=kind, prior_correction=False)
     assert bare.chosen == kind and set(bare.variants) == {"best", "uniform", "tuned"}
+
+
+def test_select_macro_f1_serves_the_variant_with_the_best_validation_macro_f1() -> None:
+    # A calibrated model of a skewed problem: argmax under-predicts the rare classes, so
+    # matching the shares trades some accuracy for recall on them.
+    probs, labels = calibrated_problem(10, n=4000, prior=np.array([0.7, 0.15, 0.1, 0.05]))
+    prior = np.bincount(labels, minlength=4) / len(labels)
+    by_accuracy = served([probs], labels, prior)
+    by_f1 = served([probs], labels, prior, select="macro_f1")
+    assert by_accuracy.chosen == "best" and by_f1.chosen == "best+prior"
+    f1 = {name: m["macro_f1"] for name, m in by_f1.validation.items()}
+    assert f1["best+prior"] > f1["best"] + 0.01
+    assert accuracies(by_f1)["best+prior"] < accuracies(by_f1)["best"]
+    assert "highest validation macro-F1" in by_f1.weights_source
 
 
 @pytest.mark.parametrize("seed", range(10))

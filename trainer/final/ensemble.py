@@ -23,6 +23,8 @@ from trainer.metrics import probs_metrics
 # instead of an infinite loss that would stop the optimiser.
 _EPS = 1e-15
 
+_NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1"}  # ``EnsembleConfig.select``
+
 
 def _stack(probs: Sequence[np.ndarray]) -> np.ndarray:
     if len(probs) == 0:
@@ -119,30 +121,36 @@ def _check_target(target_distribution: np.ndarray, n_classes: int) -> np.ndarray
 
 
 def fit_prior_bias(
-    probs: np.ndarray, target_distribution: np.ndarray, iters: int = 100
+    probs: np.ndarray, target_distribution: np.ndarray, iters: int = 200
 ) -> np.ndarray:
-    """Per-class log-bias b so that mean(softmax(log p + b)) equals the target distribution.
+    """Per-class log-bias b so that the share of rows whose argmax of log p + b is each
+    class comes closest to the target distribution (the training labels' shares).
 
-    A focal alpha shifts the model's predicted class prior; a bias fitted on validation
-    shifts it back. We match the *mean predicted probability* rather than the argmax
-    counts: it is smooth in b, has a unique solution up to a constant, and the fixed point
-    b += log(target / mean) (the prior-adjustment EM of Saerens et al., 2002) converges.
-    Matching the mean moves the argmax distribution towards the target too. The bias is
-    centred to mean 0.
+    Focal alpha, focal gamma and label smoothing all leave probabilities that are not
+    calibrated, so matching their *mean* to the prior (Saerens et al., 2002) does not fix
+    what the user sees: on nsmc4 (50,000 rows) it moved the served member from 62 % to 83 %
+    predictions of the majority class. Matching the argmax shares does. The shares are
+    step functions of b, so this is a damped fixed point b += 0.5 log(target / shares) that
+    keeps the iterate with the smallest largest gap. The bias is centred to mean 0.
     """
     p = np.asarray(probs, dtype=np.float64)
     if p.ndim != 2:
         raise ValueError(f"fit_prior_bias: probabilities of shape {p.shape} must be 2-D")
     target = _check_target(target_distribution, p.shape[1])
+    if len(p) == 0:
+        return np.zeros(p.shape[1])
     log_p = np.log(np.clip(p, _EPS, 1.0))
-    bias = np.zeros(p.shape[1])
+    bias, best, best_gap = np.zeros(p.shape[1]), np.zeros(p.shape[1]), np.inf
+    floor = 0.5 / max(len(p), 1)  # half a row: a class nobody predicts has a finite log
     for _ in range(iters):
-        mean = softmax(log_p + bias, axis=1).mean(axis=0)
-        step = np.log(target) - np.log(np.clip(mean, _EPS, None))
-        bias += step
-        if np.max(np.abs(step)) < 1e-10:
+        shares = np.bincount((log_p + bias).argmax(axis=1), minlength=p.shape[1]) / len(p)
+        gap = np.abs(shares - target).max()
+        if gap < best_gap:
+            best, best_gap = bias.copy(), gap
+        if gap <= floor:
             break
-    return bias - bias.mean()
+        bias = bias + 0.5 * (np.log(target) - np.log(np.maximum(shares, floor)))
+    return best - best.mean()
 
 
 def apply_bias(probs: np.ndarray, bias: np.ndarray) -> np.ndarray:
@@ -213,30 +221,32 @@ def _variants(
     return variants
 
 
-def _choose_auto(validation: dict[str, dict[str, Any]]) -> tuple[str, str]:
-    """The most accurate candidate; ties go to the lower NLL, then to the simplest (the
-    first in ``validation``'s order)."""
-    top = max(m["accuracy"] for m in validation.values())
-    # Accuracies are counts over the same rows, so equal ones are exactly equal.
-    tied = [name for name, m in validation.items() if m["accuracy"] == top]
+def _choose_auto(validation: dict[str, dict[str, Any]], metric: str) -> tuple[str, str]:
+    """The candidate with the highest validation ``metric``; ties go to the lower NLL, then
+    to the simplest (the first in ``validation``'s order)."""
+    top = max(m[metric] for m in validation.values())
+    # Equal scores come from equal predictions on the same rows, so they are exactly equal.
+    tied = [name for name, m in validation.items() if m[metric] == top]
     lowest = min(validation[name]["nll"] for name in tied)
     # Identical combinations (tuned weights that stayed uniform, one member) differ in
     # their NLL by rounding only: 1e-9 nats counts as a tie, far below a real difference.
     closest = [name for name in tied if validation[name]["nll"] <= lowest + 1e-9]
-    why = f"auto: highest validation accuracy among {len(validation)} candidates"
+    why = f"auto: highest validation {_NAMES[metric]} among {len(validation)} candidates"
     if len(tied) > 1:
         why += f", {len(tied)} tied: " + ("lowest NLL" if len(closest) == 1 else "the simplest")
     return closest[0], why
 
 
-def _choose_configured(kind: str, validation: dict[str, dict[str, Any]]) -> tuple[str, str]:
-    """``kind``, with the prior bias when it does not lower validation accuracy."""
+def _choose_configured(
+    kind: str, validation: dict[str, dict[str, Any]], metric: str
+) -> tuple[str, str]:
+    """``kind``, with the prior bias when it does not lower the validation ``metric``."""
     why, corrected = f"configured weights: {kind}", f"{kind}+prior"
     if corrected not in validation:
         return kind, why
-    if validation[corrected]["accuracy"] >= validation[kind]["accuracy"]:
-        return corrected, why + "; the prior bias does not lower validation accuracy"
-    return kind, why + "; the prior bias would lower validation accuracy"
+    if validation[corrected][metric] >= validation[kind][metric]:
+        return corrected, why + f"; the prior bias does not lower validation {_NAMES[metric]}"
+    return kind, why + f"; the prior bias would lower validation {_NAMES[metric]}"
 
 
 def _describe(name: str, combo: Combo) -> str:
@@ -259,8 +269,8 @@ def fit_ensemble(
 ) -> Ensemble:
     """Fit every variant on validation (``probs``: one array per member) and pick the one
     the bundle serves: with ``config.weights`` "auto" the candidate with the highest
-    validation accuracy (so never below the best member's), else the configured kind of
-    weights, with the prior bias when it does not lower validation accuracy.
+    validation ``config.select`` (accuracy or macro-F1; so never below the best member's),
+    else the configured kind of weights, with the prior bias when it does not lower it.
     """
     variants = _variants(probs, labels, prior, config.prior_correction)
     validation = {
@@ -268,9 +278,9 @@ def fit_ensemble(
         for name, c in variants.items()
     }
     if config.weights == "auto":
-        chosen, why = _choose_auto(validation)
+        chosen, why = _choose_auto(validation, config.select)
     else:
-        chosen, why = _choose_configured(config.weights, validation)
+        chosen, why = _choose_configured(config.weights, validation, config.select)
     source = f"{_describe(chosen, variants[chosen])}; {why}"
     if full_data and (chosen != "uniform" or config.weights == "auto"):
         # The retrained members saw validation: what it decided was decided before that.
