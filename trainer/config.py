@@ -60,6 +60,13 @@ class TrainSettings(Strict):
     weight_decay: NonNegativeFloat = Field(0.01, allow_inf_nan=False)
     warmup_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     lr_scheduler: Literal["linear", "constant", "cosine"] = "linear"
+    lr_flat_tail: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="the last fraction of optimizer steps holds the learning rate reached "
+        "when it starts (a flat tail for SWA to average over); 0 = none",
+    )
     max_grad_norm: float = Field(1.0, gt=0.0, allow_inf_nan=False)
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto",
@@ -118,6 +125,15 @@ class MemberConfig(Strict):
 
 class SwaConfig(Strict):
     last_k: PositiveInt = Field(2, description="average the weights of the last K epochs")
+    flat_tail: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="train the last fraction of steps at a constant learning rate and "
+        "average `snapshots` weights spread evenly over it instead of the last K epochs; "
+        "0 = epoch ends with the usual decay",
+    )
+    snapshots: int = Field(8, ge=2, le=1000, description="weights averaged over a flat tail")
 
 
 class EnsembleConfig(Strict):

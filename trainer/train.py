@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import SequentialSampler
 from transformers import (
     DataCollatorWithPadding,
@@ -127,6 +128,14 @@ class InOrderEvalTrainer(Trainer):
     metrics do not depend on the order.
     """
 
+    flat_tail = 0.0  # TrainSettings.lr_flat_tail
+
+    def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
+        scheduler = super().create_scheduler(num_training_steps, optimizer)
+        if self.flat_tail > 0 and not isinstance(scheduler, FlatTail):
+            self.lr_scheduler = FlatTail(scheduler, tail_start(num_training_steps, self.flat_tail))
+        return self.lr_scheduler
+
     def _get_eval_sampler(self, eval_dataset: Any) -> SequentialSampler:
         return SequentialSampler(eval_dataset)
 
@@ -139,6 +148,21 @@ class InOrderEvalTrainer(Trainer):
             self.args.train_batch_size * self.args.gradient_accumulation_steps,
             lengths=list(self.train_dataset["length"]),
         )
+
+
+def tail_start(total_steps: int, fraction: float) -> int:
+    """The optimizer step at which a flat tail of ``fraction`` of ``total_steps`` starts."""
+    return total_steps - int(round(total_steps * fraction))
+
+
+class FlatTail(LambdaLR):
+    """The Trainer's own schedule up to step ``start``, then its value there held to the end:
+    SWA averages weights along a stretch of constant learning rate (Izmailov et al., 2018),
+    where the usual decay to 0 would leave the last snapshots nearly identical."""
+
+    def __init__(self, scheduler: LambdaLR, start: int) -> None:
+        decay = scheduler.lr_lambdas[0]
+        super().__init__(scheduler.optimizer, lambda step: decay(min(step, start)))
 
 
 def training_arguments(cfg: TrainConfig, out_dir: str) -> TrainingArguments:
@@ -219,6 +243,7 @@ def build_trainer(
         compute_metrics=compute_metrics,
         callbacks=callbacks,
     )
+    trainer.flat_tail = cfg.train.lr_flat_tail
     trainer.remove_callback(PrinterCallback)  # it prints every eval dict to stdout
     return trainer
 

@@ -329,6 +329,11 @@ CASES: dict[str, tuple[Setup, str]] = {  # id -> (setup, words the error line ho
     "worker-wrong-name": (on_study("worker", "t"), "'t' not found|there: s"),
     "export-nothing-finished": (on_study("export", "s", trials=FAILED), "no COMPLETE|run workers"),
     "export-top-k-0": (on_study("export", "s", "--top-k", "0", trials=DONE), "--top-k"),
+    "export-seeds-0": (on_study("export", "s", "--seeds", "0", trials=DONE), "--seeds"),
+    "export-seeds-and-top-k": (
+        on_study("export", "s", "--seeds", "2", "--top-k", "2", trials=DONE),
+        "not allowed with",
+    ),
     "train-params-not-json": (train_with("{gamma: 2"), "--params|not valid JSON"),
     "train-params-negative": (train_with('{"focal_gamma": -1}'), "--params|focal_gamma|-1"),
     "bundle-folder-missing": (

@@ -279,3 +279,12 @@ def test_a_failing_member_leaves_no_half_made_bundle(tiny_backbone, nsmc_csv, tm
         run_final(cfg, tmp_path / "runs" / "out", progress=False)
     assert any(r.message.startswith("member-1: validation") for r in caplog.records)
     assert list((tmp_path / "runs").iterdir()) == []  # member 1 was written, then removed
+
+
+def test_swa_over_a_flat_tail_averages_snapshots_spread_over_it(tiny_backbone, nsmc_csv, tmp_path):
+    swa = SwaConfig(flat_tail=0.5, snapshots=4)
+    cfg = final_config(tiny_backbone, nsmc_csv, tmp_path / "cache", 320, swa=swa)
+    cfg.members = cfg.members[:1]  # 2 epochs of 10 steps: the tail is the second epoch
+    report = run_final(cfg, tmp_path / "out", progress=False)
+    epochs = report["members"][0]["swa"]["epochs"]
+    assert epochs == pytest.approx([1.3, 1.5, 1.8, 2.0])  # steps 13, 15, 18 and 20 of 20

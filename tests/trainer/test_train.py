@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from datasets import Dataset
-from transformers import PreTrainedModel, Trainer, TrainingArguments
+from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
 
 from trainer.config import DataConfig, Hyperparams, ModelConfig, TrainConfig, TrainSettings
 from trainer.data import load_splits
@@ -18,6 +18,7 @@ from trainer.train import (
     FocalLossFunc,
     NonFiniteLoss,
     build_trainer,
+    tail_start,
     train_model,
     training_arguments,
 )
@@ -167,3 +168,31 @@ def test_a_nan_loss_is_caught_and_alpha_moves_to_the_device_once() -> None:
     logits[0, 0] = float("nan")
     with pytest.raises(NonFiniteLoss, match="NaN or infinite"):
         loss({"logits": logits}, labels, torch.tensor(8))
+
+
+class _LearningRates(TrainerCallback):
+    def __init__(self) -> None:
+        self.rates: list[float] = []
+
+    def on_step_end(self, args, state, control, lr_scheduler=None, **kw) -> None:
+        self.rates.append(lr_scheduler.get_last_lr()[0])
+
+
+@pytest.mark.parametrize("tail", [0.0, 0.5])
+def test_a_flat_tail_holds_the_learning_rate_over_the_last_steps(
+    tiny_backbone, nsmc_csv, tmp_path, tail: float
+) -> None:
+    cfg = _small_config(tiny_backbone, nsmc_csv, tmp_path, lr_flat_tail=tail)
+    cfg.params.epochs = 2  # 300 rows in batches of 32: 10 steps an epoch
+    rates = _LearningRates()
+    train_model(cfg, callbacks=[rates])
+    lr = np.array(rates.rates)  # after each step: the rate of the next one
+    assert len(lr) == 20
+    start = tail_start(20, tail)
+    # Warm-up (2 steps) and the Trainer's linear decay up to the tail ...
+    assert np.all(np.diff(lr[2:start]) < 0)
+    if tail:
+        # ... then the rate reached there, held to the end.
+        assert start == 10 and np.all(lr[start - 1 :] == lr[start - 1]) and lr[-1] > 0
+    else:
+        assert lr[-1] == 0.0

@@ -1,12 +1,13 @@
-"""One ensemble member: trained with its own seed, best-epoch weights against SWA of the
-last K epochs on validation, the better kept; and, in full-data mode, retrained on
-train + validation keeping the same kind of weights.
+"""One ensemble member: trained with its own seed, best-epoch weights against SWA (of the
+last K epochs, or of snapshots over a flat tail) on validation, the better kept; and, in
+full-data mode, retrained on train + validation keeping the same kind of weights.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from trainer.devices import training_precision
 from trainer.final.predict import predict_probs
 from trainer.metrics import probs_metrics
 from trainer.swa import LastK, snapshot
-from trainer.train import train_model
+from trainer.train import tail_start, train_model
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,32 @@ class EpochSnapshots(TrainerCallback):
 
     def on_epoch_end(self, args, state, control, model=None, **kw: Any) -> None:
         self.last_k.add(model, state.epoch)
+
+
+class TailSnapshots(TrainerCallback):
+    """Feeds ``LastK`` its k snapshots spread evenly over the flat tail of the schedule."""
+
+    def __init__(self, last_k: LastK, fraction: float) -> None:
+        self.last_k, self.fraction, self.steps = last_k, fraction, set()
+
+    def on_train_begin(self, args, state, control, **kw: Any) -> None:
+        start = tail_start(state.max_steps, self.fraction)
+        span, k = state.max_steps - start, self.last_k.k
+        self.steps = {start + math.ceil(j * span / k) for j in range(1, k + 1)}
+
+    def on_step_end(self, args, state, control, model=None, **kw: Any) -> None:
+        if state.global_step in self.steps:
+            self.last_k.add(model, state.epoch)
+
+
+def swa_snapshots(final: FinalConfig) -> tuple[LastK, TrainerCallback]:
+    """Where SWA's snapshots come from: the flat tail, or the last K epoch ends."""
+    swa = final.swa
+    if swa.flat_tail > 0:
+        last_k = LastK(swa.snapshots)
+        return last_k, TailSnapshots(last_k, swa.flat_tail)
+    last_k = LastK(swa.last_k)
+    return last_k, EpochSnapshots(last_k)
 
 
 class SnapshotAt(TrainerCallback):
@@ -93,7 +120,9 @@ def member_config(final: FinalConfig, index: int) -> TrainConfig:
     return TrainConfig(
         data=final.data,
         model=ModelConfig(name_or_path=member.model),
-        train=final.train.model_copy(update={"seed": member.seed}),
+        train=final.train.model_copy(
+            update={"seed": member.seed, "lr_flat_tail": final.swa.flat_tail}
+        ),
         params=member.params,
     )
 
@@ -137,7 +166,7 @@ def _free(result: Any) -> None:
 
 def _swa_state(last_k: LastK, name: str) -> dict:
     if len(last_k) < last_k.k:
-        log.warning(f"{name}: SWA averages {len(last_k)} epochs, fewer than swa.last_k={last_k.k}")
+        log.warning(f"{name}: SWA averages {len(last_k)} snapshots, fewer than {last_k.k}")
     return last_k.average()
 
 
@@ -168,8 +197,8 @@ def train_member(
     ``folder`` None (full-data mode) means this pass only measures; nothing is saved.
     """
     name, member = f"member-{index + 1}", final.members[index]
-    last_k = LastK(final.swa.last_k)
-    callbacks = [EpochSnapshots(last_k), TrainingProgress(progress, f"{name} ({member.model})")]
+    last_k, snapshots = swa_snapshots(final)
+    callbacks = [snapshots, TrainingProgress(progress, f"{name} ({member.model})")]
     started = time.perf_counter()
     cfg = member_config(final, index)
     result = train_model(cfg, keep_best_weights=True, callbacks=callbacks, splits=splits)
@@ -214,8 +243,8 @@ def retrain_full(
     K epochs, or the weights at the evaluation index of its best evaluation (evaluation k
     falls at the same fraction of training whatever the data size).
     """
-    last_k, at = LastK(final.swa.last_k), SnapshotAt(run.best.index)
-    keep = EpochSnapshots(last_k) if run.chosen == "swa" else at
+    (last_k, snapshots), at = swa_snapshots(final), SnapshotAt(run.best.index)
+    keep = snapshots if run.chosen == "swa" else at
     callbacks = [keep, TrainingProgress(progress, f"{run.name} full data")]
     started = time.perf_counter()
     cfg = member_config(final, run.index)
