@@ -56,6 +56,7 @@ SIZE_FLAGS = (  # --flag and its help; each sets the Sizes field of the same nam
     ("evals-per-epoch", "evaluations per epoch (focaltune; the seed-style loop: 1)"),
     ("workers", "focaltune worker processes (threads split between them)"),
     ("seed", "sampler, data and training seed"),
+    ("backbone-texts", "reviews the backbone is built from (0: all of train.csv.gz)"),
 )
 
 
@@ -64,6 +65,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("runs/bench.json"), help="JSON results")
     p.add_argument("--work", type=Path, default=Path("runs/bench-work"), help="scratch + caches")
     p.add_argument("--data", type=Path, default=NSMC4, help="folder with nsmc4 train.csv.gz")
+    p.add_argument(
+        "--backbone-cache",
+        type=Path,
+        default=Path.home() / ".cache/focaltune/backbones",
+        help="where backbones are built once (make backbone's cache)",
+    )
     for flag, what in SIZE_FLAGS:
         default = getattr(Sizes(), flag.replace("-", "_"))
         p.add_argument(f"--{flag}", type=int, default=default, help=f"{what} ({default})")
@@ -228,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     quiet_libraries(args.threads)
     work = args.work.resolve()
     train_csv, eval_csv = write_slices(args.data, work, sizes)
-    backbone = ensure_backbone(train_csv, work, sizes)  # built once per size, not timed
+    # Built once per size from all training reviews (labels unused), not timed.
+    backbone = ensure_backbone(args.data / "train.csv.gz", args.backbone_cache, sizes)
     base = study_config(sizes, train_csv, eval_csv, backbone, work / "token-cache")
     started = time.perf_counter()
     results = run_parts(args, sizes, base, work)

@@ -101,7 +101,8 @@ def prepare(data_dir: Path, work: Path, rows: int, batch: int) -> tuple[TrainCon
     """Packed texts, the BERT-base-size backbone (built once) and the run's config."""
     train = packed_slice(data_dir, work, rows)
     sizes = Sizes(hidden=768, layers=12, vocab_size=30000, max_length=SEQUENCE)
-    backbone = ensure_backbone(train, work, sizes, name="bert-base-v30000")
+    # Throughput only: random embeddings, no corpus vectors to compute at rank 768.
+    backbone = ensure_backbone(train, work / "backbones", sizes, embedding_init="random")
     evals = packed_slice(data_dir, work / "eval", 512)
     cfg = gpu_config(backbone, train, evals, work / "cache", batch)
     return cfg, load_splits(cfg.data)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import platform
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ class Sizes:
     eval_rows: int = 500
     hidden: int = 128
     layers: int = 2
-    vocab_size: int = 8000
+    vocab_size: int = 48_000  # the standard backbone's (README, Backbone recipe)
     max_length: int = 128
     epochs_max: int = 4
     batch_size: int = 32
@@ -43,6 +43,7 @@ class Sizes:
     workers: int = 2  # as `make search` runs the demo; threads are split between them
     threads: int = 2
     seed: int = 0
+    backbone_texts: int = 0  # reviews of train.csv.gz the backbone is built from; 0 = all
 
     @property
     def heads(self) -> int:
@@ -67,25 +68,24 @@ def write_slices(data_dir: Path, work: Path, sizes: Sizes) -> tuple[Path, Path]:
     return train, evals
 
 
-def ensure_backbone(train_csv: Path, work: Path, sizes: Sizes, *, name: str = "") -> Path:
-    """A backbone (no MLM) built from ``train_csv`` once per size; later runs reuse it."""
-    from trainer.backbone import build_backbone
+def ensure_backbone(
+    texts: Path, cache: Path, sizes: Sizes, *, embedding_init: str = "corpus"
+) -> Path:
+    """The standard recipe at ``sizes`` (corpus vectors, no MLM: a backbone that learns),
+    built from ``texts`` once into ``cache``; at the default sizes it is `make backbone`'s."""
+    from trainer.backbone import PRESETS, cached_backbone
 
-    key = name or f"{sizes.layers}x{sizes.hidden}-v{sizes.vocab_size}-{train_csv.stem}"
-    out = work / "backbones" / key
-    if not (out / "config.json").exists():
-        log.info("building backbone %s", out)
-        build_backbone(
-            train_csv,
-            out,
-            vocab_size=sizes.vocab_size,
-            layers=sizes.layers,
-            hidden=sizes.hidden,
-            heads=sizes.heads,
-            max_length=sizes.max_length,
-            seed=sizes.seed,
-        )
-    return out
+    settings = replace(
+        PRESETS["standard"],
+        vocab_size=sizes.vocab_size,
+        layers=sizes.layers,
+        hidden=sizes.hidden,
+        heads=sizes.heads,
+        max_length=sizes.max_length,
+        max_samples=sizes.backbone_texts or None,
+        embedding_init=embedding_init,
+    )
+    return cached_backbone(texts, cache, settings)[0]
 
 
 def study_config(

@@ -27,20 +27,28 @@ def rank_trials(study: optuna.Study) -> list[FrozenTrial]:
     return ranked
 
 
+# Members when no choice is given: on nsmc4 (20,000 rows) the best trial with 3 seeds served
+# 64.43 % on test, the 3 best trials of an 8-trial search 63.94 % (their ensemble 62.51 %).
+DEFAULT_SEEDS = 3
+
+
 def choose(
-    ranked: list[FrozenTrial], top_k: int, per_backbone: bool, default: str, seeds: int | None
+    ranked: list[FrozenTrial],
+    top_k: int | None,
+    per_backbone: bool,
+    default: str,
+    seeds: int | None,
 ) -> list:
-    if seeds:
-        # A seed ensemble: the members differ only in their seeds (initial head, data order,
-        # dropout), so each is as good as the best trial, unlike the runners-up of a short
-        # search.
-        return ranked[:1] * seeds
-    if not per_backbone:
+    if per_backbone:
+        best: dict[str, FrozenTrial] = {}
+        for trial in ranked:
+            best.setdefault(trial.params.get("backbone", default), trial)
+        return list(best.values())
+    if top_k:
         return ranked[:top_k]
-    best: dict[str, FrozenTrial] = {}
-    for trial in ranked:
-        best.setdefault(trial.params.get("backbone", default), trial)
-    return list(best.values())
+    # A seed ensemble: members differ only in their seeds (head, data order, dropout), so
+    # each is as good as the best trial, unlike the runners-up of a short search.
+    return ranked[:1] * (seeds or DEFAULT_SEEDS)
 
 
 def config_hash(cfg: StudyConfig) -> str:
@@ -52,12 +60,12 @@ def export_final(
     study: optuna.Study,
     cfg: StudyConfig,
     *,
-    top_k: int = 3,
+    top_k: int | None = None,
     per_backbone: bool = False,
     seeds: int | None = None,
 ) -> FinalConfig:
-    """The final config: one member per chosen trial (the K best, the best per backbone, or
-    the best one ``seeds`` times), each member with its own seed."""
+    """The final config: one member per chosen trial (the best trial ``seeds`` times, by
+    default 3; the ``top_k`` best; or the best per backbone), each with its own seed."""
     ranked = rank_trials(study)
     if not ranked:
         raise BadInput(

@@ -1,5 +1,5 @@
-"""`focaltune export --storage URL --study NAME --out FINAL.yaml` with one of `--top-k 3`
-(the default), `--per-backbone` or `--seeds N`."""
+"""`focaltune export --storage URL --study NAME --out FINAL.yaml`, members chosen by one of
+`--seeds N` (the best trial N times; 3 by default), `--top-k K` or `--per-backbone`."""
 
 from __future__ import annotations
 
@@ -21,14 +21,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_storage_args(parser)
     group = parser.add_mutually_exclusive_group()
     group.add_argument(
-        "--top-k", type=int_in(1, 1000), default=3, help="members = the K best trials"
-    )
-    group.add_argument("--per-backbone", action="store_true", help="the best trial per backbone")
-    group.add_argument(
         "--seeds",
         type=int_in(1, 1000),
-        help="members = the best trial N times, each with its own seed (a seed ensemble)",
+        help="members = the best trial N times, each with its own seed (default: 3)",
     )
+    group.add_argument("--top-k", type=int_in(1, 1000), help="members = the K best trials")
+    group.add_argument("--per-backbone", action="store_true", help="the best trial per backbone")
     parser.add_argument("--out", required=True, help="YAML file to write")
     parser.set_defaults(func=run)
 

@@ -15,6 +15,7 @@ from tests.conftest import NSMC4, ROOT
 TINY = ["--trials", "3", "--train-rows", "300", "--eval-rows", "100", "--hidden", "32"]
 TINY += ["--layers", "1", "--vocab-size", "1000", "--epochs-max", "2", "--workers", "1"]
 TINY += ["--threads", "1", "--orch-filled", "20", "--orch-trials", "2", "--overhead-repeats", "1"]
+TINY += ["--backbone-texts", "2000"]  # the standard recipe (corpus vectors) on 2,000 reviews
 
 
 @pytest.mark.slow
@@ -24,10 +25,14 @@ def test_bench_runs_every_part_and_writes_consistent_json(tmp_path: Path) -> Non
     out = tmp_path / "bench.json"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "bench.py"), *TINY]
     cmd += ["--data", str(NSMC4), "--work", str(tmp_path / "work"), "--out", str(out)]
+    cmd += ["--backbone-cache", str(tmp_path / "backbones")]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "focaltune benchmark" in done.stdout
+    [backbone] = (tmp_path / "backbones").iterdir()
+    built = json.loads((backbone / "backbone.json").read_text())
+    assert built["settings"]["embedding_init"] == "corpus"
 
     results = json.loads(out.read_text())
     a, b = results["search"]["seed_style"], results["search"]["focaltune"]

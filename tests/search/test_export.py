@@ -37,8 +37,9 @@ def test_top_k_takes_the_k_best_trials(study_with_trials) -> None:
     assert [m.params.focal_gamma for m in final.members] == [1.0, 2.0]
 
 
-def test_seeds_repeats_the_best_trial_with_a_seed_each(study_with_trials) -> None:
-    final = export_final(*study_with_trials, seeds=3)
+@pytest.mark.parametrize("seeds", [None, 3])
+def test_seeds_repeats_the_best_trial_with_a_seed_each(study_with_trials, seeds) -> None:
+    final = export_final(*study_with_trials, seeds=seeds)  # None: the default, 3
     assert [m.source_trial for m in final.members] == [1, 1, 1]
     assert len({m.seed for m in final.members}) == 3
     assert {m.params.model_dump_json() for m in final.members} == {
