@@ -9,6 +9,8 @@ seeded, so its new classifier head is initialised exactly as ``from_pretrained``
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,27 +21,39 @@ from transformers.utils import logging as hf_logging
 from trainer.errors import BadInput, first_line
 
 
+@contextmanager
+def quiet_loading() -> Iterator[None]:
+    """transformers' load report and its "Loading weights" bar off for the block: a backbone
+    never has a classifier head (and ours carry an MLM head), so every worker would print the
+    same table of MISSING/UNEXPECTED keys, and `final`/`predict` a bar per member; the
+    product shows its own progress."""
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 # Unbounded: a worker only ever loads its study's backbones (``space.backbones``), and a
 # bound below their number would reload one from disk in nearly every trial.
 @functools.cache
 def _pretrained(name_or_path: str, num_labels: int) -> tuple[Any, Any, dict[str, torch.Tensor]]:
-    verbosity = hf_logging.get_verbosity()
-    # A backbone never has a classifier head, and ours carry an MLM head: transformers'
-    # load report would print the same table of MISSING/UNEXPECTED keys in every worker.
-    hf_logging.set_verbosity_error()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        model, info = AutoModelForSequenceClassification.from_pretrained(
-            name_or_path, num_labels=num_labels, dtype=torch.float32, output_loading_info=True
-        )
+        with quiet_loading():
+            tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                name_or_path, num_labels=num_labels, dtype=torch.float32, output_loading_info=True
+            )
     except (OSError, ValueError) as err:
         raise BadInput(
             f"model.name_or_path {name_or_path!r} could not be loaded "
             f"({first_line(err, 120)}); give a local backbone folder "
             "(focaltune backbone build) or a Hub model name reachable from this machine"
         ) from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
     fresh = set(info["missing_keys"])  # the new head (and pooler, if never trained)
     weights = {k: v.detach().clone() for k, v in model.state_dict().items() if k not in fresh}
     return tokenizer, model.config, weights

@@ -181,12 +181,17 @@ def test_report_has_best_epoch_and_swa_per_member_and_every_ensemble_variant(bun
 
 
 @pytest.mark.slow
-def test_predict_and_a_reloaded_bundle_give_the_same_probabilities(bundle, nsmc_csv, tmp_path):
+def test_predict_and_a_reloaded_bundle_give_the_same_probabilities(
+    bundle, nsmc_csv, tmp_path, capfd
+):
     out, cfg, report = bundle
     rows = nsmc_csv(100, split="test")
     predictions = tmp_path / "pred.csv"
     args = ["predict", str(out), "--input", str(rows), "--output", str(predictions)]
+    capfd.readouterr()
     assert main([*args, "--batch-size", "16", "--no-progress"]) == 0
+    # transformers' per-member "Loading weights" bars and load reports stay quiet.
+    assert "Loading weights" not in capfd.readouterr().err
     written = pd.read_csv(predictions)
     source = pd.read_csv(rows)
     assert written["id"].tolist() == source["id"].tolist()

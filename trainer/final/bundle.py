@@ -24,6 +24,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from trainer.devices import Precision
 from trainer.errors import BadInput
 from trainer.files import staging_folder
+from trainer.loading import quiet_loading
 
 MANIFEST = "ensemble.json"
 FORMAT = "focaltune-ensemble/1"
@@ -228,10 +229,11 @@ def load_member(bundle: Bundle, entry: dict[str, Any], device: torch.device) -> 
     """One member's float32 model (safetensors only, no remote code) and its tokenizer."""
     folder = bundle.root / entry["path"]
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            folder, use_safetensors=True, dtype=torch.float32, local_files_only=True
-        )
+        with quiet_loading():
+            tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+            model = AutoModelForSequenceClassification.from_pretrained(
+                folder, use_safetensors=True, dtype=torch.float32, local_files_only=True
+            )
     except (OSError, ValueError) as err:
         raise _bad(bundle.root, f"member {entry['path']} cannot be loaded ({err})") from None
     return model.to(device), tokenizer
