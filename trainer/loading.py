@@ -23,10 +23,10 @@ from trainer.errors import BadInput, first_line
 
 @contextmanager
 def quiet_loading() -> Iterator[None]:
-    """transformers' load report and its "Loading weights" bar off for the block: a backbone
-    never has a classifier head (and ours carry an MLM head), so every worker would print the
-    same table of MISSING/UNEXPECTED keys, and `final`/`predict` a bar per member; the
-    product shows its own progress."""
+    """transformers' load report and its "Loading weights" / "Writing model shards" bars off
+    for the block: a backbone never has a classifier head (and ours carry an MLM head), so
+    every worker would print the same table of MISSING/UNEXPECTED keys, and `final` and
+    `predict` bars per member; the product shows its own progress."""
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()

@@ -245,7 +245,7 @@ def test_tampered_manifest_exits_2(bundle, nsmc_csv, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_full_data_retrains_members_and_says_where_weights_came_from(
-    tiny_backbone, nsmc_csv, tmp_path
+    tiny_backbone, nsmc_csv, tmp_path, capfd
 ):
     cfg = final_config(
         tiny_backbone,
@@ -256,7 +256,10 @@ def test_full_data_retrains_members_and_says_where_weights_came_from(
         ensemble=EnsembleConfig(weights="tuned", prior_correction=False),
     )
     cfg.members = cfg.members[:2]
+    capfd.readouterr()
     report = run_final(cfg, tmp_path / "out", progress=False)
+    err = capfd.readouterr().err  # without progress, transformers' bars stay quiet too
+    assert "Loading weights" not in err and "Writing model shards" not in err
     manifest = json.loads((tmp_path / "out" / MANIFEST).read_text(encoding="utf-8"))
     assert manifest["full_data"] is True and manifest["bias_applied"] is False
     assert manifest["weights_source"].endswith("in the train-only pass")

@@ -51,8 +51,9 @@ def save_member(model: Any, tokenizer: Any, folder: Path, label_names: list[str]
     """Weights (model.safetensors), config with the label names, and the tokenizer."""
     model.config.id2label = dict(enumerate(label_names))
     model.config.label2id = {name: i for i, name in enumerate(label_names)}
-    model.save_pretrained(folder)  # transformers 5 always writes safetensors
-    tokenizer.save_pretrained(folder)
+    with quiet_loading():  # its "Writing model shards" bar too
+        model.save_pretrained(folder)  # transformers 5 always writes safetensors
+        tokenizer.save_pretrained(folder)
 
 
 def write_manifest(root: Path, manifest: dict[str, Any]) -> Path:
