@@ -16,6 +16,7 @@ import optuna
 from search.config import SCHEMA_VERSION, StudyConfig, TrackingConfig, parse_study_config
 from search.files import check_output
 from search.space import hyperparams_to_params
+from search.warm import map_params
 from storage import describe, open_storage
 from trainer.config import DataConfig
 from trainer.data import load_splits
@@ -114,11 +115,16 @@ def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> 
     return diffs
 
 
-def create_study(cfg: StudyConfig, storage: optuna.storages.BaseStorage | str) -> optuna.Study:
+def create_study(
+    cfg: StudyConfig,
+    storage: optuna.storages.BaseStorage | str,
+    warm_start: list[dict[str, Any]] | None = None,
+) -> optuna.Study:
     """Create the study with its config, or return it when it exists with the same config.
 
     ``storage`` may be a URL: it is then opened only after the config and data are checked,
-    so bad input leaves no database file behind.
+    so bad input leaves no database file behind. ``warm_start``: trial params of another
+    study, enqueued after ``study.enqueue`` (mapped onto this space: ``search.warm``).
     """
     resolved = resolve_config(cfg)
     if isinstance(storage, str):
@@ -143,10 +149,14 @@ def create_study(cfg: StudyConfig, storage: optuna.storages.BaseStorage | str) -
         study.set_user_attr(SCHEMA_ATTR, SCHEMA_VERSION)
         for entry in resolved.study.enqueue:
             study.enqueue_trial(hyperparams_to_params(entry), skip_if_exists=True)
+        for i, params in enumerate(warm_start or []):
+            mapped = map_params(params, resolved, f"trial {i + 1} of {len(warm_start)}")
+            study.enqueue_trial(mapped, skip_if_exists=True)
     except BaseException:
         optuna.delete_study(study_name=name, storage=storage)  # no half-made study
         raise
-    log.info("created study %s (%d trials enqueued)", name, len(resolved.study.enqueue))
+    enqueued = len(resolved.study.enqueue) + len(warm_start or [])
+    log.info("created study %s (%d trials enqueued)", name, enqueued)
     return study
 
 

@@ -1,0 +1,73 @@
+"""Warm start: the best configurations of another study, mapped onto this study's space.
+
+For the common "new backbone or new data, same problem" case: the top trials of an earlier
+study are enqueued in a new one, so its first trials start where the old search ended.
+A value outside this space is clipped to its nearest bound (with a warning naming it); a
+parameter this space does not search is dropped, and one the old study did not search is
+left to the sampler.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import optuna
+
+from search.config import StudyConfig
+from search.export import rank_trials
+from storage import open_storage
+from trainer.errors import BadInput
+
+log = logging.getLogger(__name__)
+
+
+def best_params(url: str, study_name: str, top: int) -> list[dict[str, Any]]:
+    """The params of the ``top`` best COMPLETE trials of ``study_name`` (retries once)."""
+    storage = open_storage(url, heartbeat_interval=None, existing=True)
+    names = optuna.get_all_study_names(storage)
+    if study_name not in names:
+        raise BadInput(
+            f"--warm-start: study {study_name!r} not found in that storage (studies there: "
+            f"{', '.join(names) or 'none'}); name one of them or give --warm-start-storage"
+        )
+    ranked = rank_trials(optuna.load_study(study_name=study_name, storage=storage))
+    if not ranked:
+        raise BadInput(
+            f"--warm-start: study {study_name!r} has no COMPLETE trial to start from; "
+            "run it first or drop --warm-start"
+        )
+    return [dict(trial.params) for trial in ranked[:top]]
+
+
+def _ranges(cfg: StudyConfig) -> dict[str, tuple[float, float]]:
+    """This study's searched numeric parameters and their bounds, by Optuna name."""
+    s = cfg.space
+    ranges = {
+        name: (getattr(s, name).low, getattr(s, name).high)
+        for name in ("focal_gamma", "label_smoothing", "learning_rate", "epochs")
+    }
+    if s.focal_alpha is not None:
+        for k in range(len(cfg.data.labels or [])):
+            ranges[f"focal_alpha_{k}"] = (s.focal_alpha.low, s.focal_alpha.high)
+    return ranges
+
+
+def map_params(params: dict[str, Any], cfg: StudyConfig, where: str) -> dict[str, Any]:
+    """``params`` of another study as an enqueue entry of this one (``cfg`` resolved: its
+    label names known); clipped and dropped values are logged as warnings naming them."""
+    ranges, mapped, notes = _ranges(cfg), {}, []
+    for name, value in params.items():
+        if name == "backbone" and value in (cfg.space.backbones or []):
+            mapped[name] = value
+        elif name not in ranges:
+            notes.append(f"{name}={value!r} dropped (not searched here)")
+        else:
+            low, high = ranges[name]
+            clipped = min(max(value, low), high)
+            if clipped != value:
+                notes.append(f"{name}={value:g} clipped to {clipped:g}")
+            mapped[name] = round(clipped) if name == "epochs" else clipped
+    if notes:
+        log.warning("warm start, %s: %s", where, "; ".join(notes))
+    return mapped
