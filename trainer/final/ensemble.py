@@ -141,7 +141,7 @@ def fit_prior_bias(
         return np.zeros(p.shape[1])
     log_p = np.log(np.clip(p, _EPS, 1.0))
     bias, best, best_gap = np.zeros(p.shape[1]), np.zeros(p.shape[1]), np.inf
-    floor = 0.5 / max(len(p), 1)  # half a row: a class nobody predicts has a finite log
+    floor = 0.5 / len(p)  # half a row: a class nobody predicts still has a finite log
     for _ in range(iters):
         shares = np.bincount((log_p + bias).argmax(axis=1), minlength=p.shape[1]) / len(p)
         gap = np.abs(shares - target).max()
