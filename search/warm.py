@@ -61,7 +61,7 @@ def map_params(params: dict[str, Any], cfg: StudyConfig, where: str) -> dict[str
         if name == "backbone" and value in (cfg.space.backbones or []):
             mapped[name] = value
         elif name not in ranges:
-            notes.append(f"{name}={value!r} dropped (not searched here)")
+            notes.append(f"{name}={value!r} dropped (not in this study's space)")
         else:
             low, high = ranges[name]
             clipped = min(max(value, low), high)

@@ -45,7 +45,7 @@ def test_the_best_configurations_are_enqueued_clipped_and_tried_first(
     assert main([*args, "--warm-start-storage", old, "--warm-start-top", "2"]) == 0
     err = capfd.readouterr().err
     assert "learning_rate=0.02 clipped to 0.005" in err and "epochs=6 clipped to 2" in err
-    assert "backbone='old-backbone' dropped" in err
+    assert "backbone='old-backbone' dropped (not in this study's space)" in err
     study = optuna.load_study(study_name="new", storage=open_storage(new, heartbeat_interval=None))
     waiting = [t.system_attrs["fixed_params"] for t in study.get_trials()]
     assert waiting == [
