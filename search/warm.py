@@ -16,25 +16,17 @@ import optuna
 
 from search.config import StudyConfig
 from search.export import rank_trials
-from storage import open_storage
 from trainer.errors import BadInput
 
 log = logging.getLogger(__name__)
 
 
-def best_params(url: str, study_name: str, top: int) -> list[dict[str, Any]]:
-    """The params of the ``top`` best COMPLETE trials of ``study_name`` (retries once)."""
-    storage = open_storage(url, heartbeat_interval=None, existing=True)
-    names = optuna.get_all_study_names(storage)
-    if study_name not in names:
-        raise BadInput(
-            f"--warm-start: study {study_name!r} not found in that storage (studies there: "
-            f"{', '.join(names) or 'none'}); name one of them or give --warm-start-storage"
-        )
-    ranked = rank_trials(optuna.load_study(study_name=study_name, storage=storage))
+def best_params(study: optuna.Study, top: int) -> list[dict[str, Any]]:
+    """The params of the ``top`` best COMPLETE trials of ``study`` (retries once)."""
+    ranked = rank_trials(study)
     if not ranked:
         raise BadInput(
-            f"--warm-start: study {study_name!r} has no COMPLETE trial to start from; "
+            f"--warm-start: study {study.study_name!r} has no COMPLETE trial to start from; "
             "run it first or drop --warm-start"
         )
     return [dict(trial.params) for trial in ranked[:top]]

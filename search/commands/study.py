@@ -6,10 +6,11 @@ import argparse
 
 from search.commands.common import check_database, int_in, storage_url
 from search.config import load_study_config
-from search.study import create_study
+from search.study import create_study, load_existing
 from search.warm import best_params
 from storage import describe
 from storage.secrets import remember_url
+from trainer.errors import BadInput
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -51,7 +52,11 @@ def run_create(args: argparse.Namespace) -> int:
     if args.warm_start:
         source = args.warm_start_storage or url
         remember_url(source)  # masked in every line printed from here on
-        warm = best_params(source, args.warm_start, args.warm_start_top)
+        try:
+            old = load_existing(source, args.warm_start)
+        except BadInput as err:
+            raise BadInput(f"--warm-start: {err}") from None
+        warm = best_params(old, args.warm_start_top)
     study = create_study(cfg, url, warm)
     print(f"study {study.study_name} ready in {describe(url)} ({len(study.trials)} trials)")
     return 0

@@ -270,7 +270,8 @@ def test_full_data_retrains_members_and_says_where_weights_came_from(
     probs = bundle_probs(load_bundle(tmp_path / "out"), texts, batch_size=cfg.train.eval_batch_size)
     # Test figures are those of the retrained members the bundle holds. Same batches as
     # `final`, but float32 forward passes in two processes' worth of buffers: equal to ~1e-7
-    # relative, not bit for bit (a fresh clone failed at rel=1e-9: 1.17613740 vs ...8027).
+    # relative, not bit for bit (a fresh clone failed at a relative tolerance of one in a
+    # billion: 1.17613740 vs ...8027).
     assert probs_metrics(probs, test["label"].to_numpy())["nll"] == pytest.approx(
         report["test"]["nll"], rel=1e-5
     )
