@@ -1,13 +1,13 @@
 """Part 3: orchestration overhead per trial on a study that already holds 1,000 trials.
 
 A worker's per-trial storage and sampler work, done by the product's own objects
-(``open_study``: heartbeat storage, multivariate TPE, Hyperband; ``suggest``;
-``record_best``; the dashboard note) without training: the worker loop's checks, ask +
-suggest, one report + ``should_prune`` per evaluation, heartbeats, user attributes,
-the note, tell. Rendering the two PNG artifacts is timed too but reported apart: it is
-per-trial work, not storage or sampler. The study is filled first (``fill_study``) with
-COMPLETE trials carrying intermediate values, user attributes and a dashboard note each,
-as a real 1,000-trial study holds them.
+(``open_study``: heartbeat storage, multivariate TPE, Hyperband; ``suggest``; the
+objective's user attributes in one transaction; the dashboard note) without training:
+the worker loop's checks, ask + suggest, one report + ``should_prune`` per evaluation,
+heartbeats, user attributes, the note, tell. Rendering the two PNG artifacts is timed
+too but reported apart: it is per-trial work, not storage or sampler. The study is filled
+first (``fill_study``) with COMPLETE trials carrying intermediate values, user attributes
+and a dashboard note each, as a real 1,000-trial study holds them.
 """
 
 from __future__ import annotations
@@ -27,12 +27,13 @@ import optuna
 from benchmarks.fill_study import fill, history
 from search.config import StudyConfig
 from search.notes import save_trial_note, trial_note
-from search.objective import record_best
+from search.objective import best_attrs
 from search.reporting import AtomicArtifactStore, upload_plots
 from search.space import params_to_config, suggest
 from search.study import create_study
 from search.worker import ahead_of, counts, open_study
 from storage import open_storage
+from storage.attrs import set_user_attrs
 from trainer.callbacks import EvalRecord
 
 STORAGE_PHASES = ("loop", "ask", "report", "heartbeat", "attrs", "note", "tell")
@@ -69,11 +70,9 @@ def report_all(trial: optuna.Trial, records: list[EvalRecord]) -> None:
 
 
 def set_attrs(trial: optuna.Trial, records: list[EvalRecord]) -> None:
-    """The user attributes a finished trial gets from the objective."""
-    record_best(trial, records)
+    """The user attributes a finished trial gets from the objective, written as it does."""
     attrs = {"end_reason": "completed", "train_seconds": 1.0, "train_samples_per_second": 1.0}
-    for key, value in (attrs | {"device": "cpu"}).items():
-        trial.set_user_attr(key, value)
+    set_user_attrs(trial, best_attrs(records) | attrs | {"device": "cpu"})
 
 
 def one_trial(study: optuna.Study, cfg: StudyConfig, laps: Laps, plan: dict[str, Any]) -> None:

@@ -2,7 +2,8 @@
 
 Optuna records pruned and failed trials itself; this module only adds what Optuna
 cannot know: the metrics of the best evaluation as user attributes, and the reason
-when a trial ends early (pruned at evaluation k, out of memory, diverged).
+when a trial ends early (pruned at evaluation k, out of memory, diverged), written
+together in one transaction when the trial ends.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from search.config import StudyConfig
 from search.reporting import ReportingError
 from search.space import suggest
+from storage.attrs import set_user_attrs
 from trainer.callbacks import EvalRecord
 from trainer.data import Splits
 from trainer.progress import ProgressBar
@@ -28,17 +30,17 @@ TRIAL_ERRORS: tuple[type[Exception], ...] = (torch.OutOfMemoryError, NonFiniteLo
 ATTR_KEYS = ("accuracy", "macro_f1", "recall", "nll", "pred_distribution", "pred_tv_distance")
 
 
-def record_best(trial: optuna.Trial, history: list[EvalRecord]) -> None:
+def best_attrs(history: list[EvalRecord]) -> dict[str, Any]:
     """User attributes of the best evaluation so far (for pruned trials too)."""
     if not history:
-        return
+        return {}
     best = max(history, key=lambda r: r.accuracy)
-    for key in ATTR_KEYS:
-        trial.set_user_attr(key, best.metrics[key])
-    trial.set_user_attr("label_distribution", best.metrics["label_distribution"])
-    trial.set_user_attr("best_eval_index", best.index)
-    trial.set_user_attr("best_epoch", round(best.epoch, 3))
-    trial.set_user_attr("accuracy_curve", [round(r.accuracy, 5) for r in history])
+    return {key: best.metrics[key] for key in ATTR_KEYS} | {
+        "label_distribution": best.metrics["label_distribution"],
+        "best_eval_index": best.index,
+        "best_epoch": round(best.epoch, 3),
+        "accuracy_curve": [round(r.accuracy, 5) for r in history],
+    }
 
 
 def make_objective(
@@ -56,26 +58,28 @@ def make_objective(
             history.append(record)
             trial.report(record.accuracy, step=record.index)
             if trial.should_prune():
-                trial.set_user_attr("end_reason", f"pruned at evaluation {record.index}")
+                attrs["end_reason"] = f"pruned at evaluation {record.index}"
                 raise optuna.TrialPruned(f"pruned at evaluation {record.index}")
 
+        # Written once, in one transaction, before the trial's reporting reads them.
+        attrs: dict[str, Any] = {}
         result = None
         try:
             bar = ProgressBar(f"trial {trial.number}")
             result = train_model(cfg, on_evaluate=report, splits=splits, callbacks=[bar])
-            trial.set_user_attr("end_reason", "completed")
-            trial.set_user_attr("train_seconds", round(result.train_seconds, 2))
-            trial.set_user_attr(
-                "train_samples_per_second", round(result.train_samples_per_second, 1)
-            )
-            trial.set_user_attr("device", result.device)
+            attrs |= {
+                "end_reason": "completed",
+                "train_seconds": round(result.train_seconds, 2),
+                "train_samples_per_second": round(result.train_samples_per_second, 1),
+                "device": result.device,
+            }
             return result.best.accuracy
         except TRIAL_ERRORS as err:
             kind = "out of memory" if isinstance(err, torch.OutOfMemoryError) else "diverged"
-            trial.set_user_attr("end_reason", f"failed: {kind}: {str(err)[:200]}")
+            attrs["end_reason"] = f"failed: {kind}: {str(err)[:200]}"
             raise
         finally:
-            record_best(trial, history)
+            set_user_attrs(trial, best_attrs(history) | attrs)
             if on_trial_end is not None:
                 on_trial_end(trial, history, result)
 

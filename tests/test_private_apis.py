@@ -2,9 +2,9 @@
 
 There is no public API for these (each use site says why); an upgrade that renames or
 reshapes one must fail here, loudly, instead of quietly switching off what it serves:
-outage tolerance, the death-before-heartbeat check, fast dashboard notes, in-order
-evaluation, length-grouped batches from the cached lengths and the masks of a resumed
-MLM pretraining.
+outage tolerance, the death-before-heartbeat check, fast dashboard notes, one-transaction
+user attributes, in-order evaluation, length-grouped batches from the cached lengths and
+the masks of a resumed MLM pretraining.
 """
 
 from __future__ import annotations
@@ -27,6 +27,10 @@ SIGNATURES = [
     # storage/stale.py queries trials that never beat.
     ("optuna.storages._rdb.storage", "_create_scoped_session",
      ["scoped_session", "ignore_integrity_error"]),
+    # storage/attrs.py: a trial's user attributes in one transaction.
+    ("optuna.storages", "RDBStorage._set_trial_attr_without_commit",
+     ["self", "session", "model_cls", "trial_id", "key", "value"]),
+    ("optuna.storages", "RDBStorage.check_trial_is_updatable", ["self", "trial_id", "trial_state"]),
     # search/notes.py writes a trial's note without reading the study's notes.
     ("optuna_dashboard._note", "note_ver_key", ["trial_id"]),
     ("optuna_dashboard._note", "split_body", ["note_str", "trial_id"]),
@@ -60,6 +64,15 @@ def test_the_trial_model_columns_stale_py_filters_on() -> None:
     configure_mappers()  # `heartbeats` is a backref: it exists once the mappers are set up
     for column in ("trial_id", "study_id", "state", "_datetime_start_utc", "heartbeats"):
         assert hasattr(TrialModel, column), column
+
+
+def test_the_user_attribute_table_attrs_py_upserts_into() -> None:
+    from optuna.storages._rdb.models import TrialUserAttributeModel as table
+
+    for column in ("trial_id", "key", "value_json"):
+        assert hasattr(table, column), column
+    unique = {tuple(c.name for c in u.columns) for u in table.__table__.constraints if u.columns}
+    assert ("trial_id", "key") in unique  # what ON CONFLICT names
 
 
 def test_trial_and_study_ids_notes_py_reads(tmp_path) -> None:
