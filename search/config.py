@@ -44,6 +44,7 @@ Config = TypeVar("Config", bound=BaseModel)  # StudyConfig, FinalConfig
 
 
 class SamplerConfig(Strict):
+    type: Literal["tpe", "random"] = Field("tpe", description="random: the ablation baseline")
     seed: int = Field(0, description="base seed; worker k uses seed + k")
     n_startup_trials: PositiveInt = 8
 

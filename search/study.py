@@ -161,13 +161,16 @@ def create_study(
 
 
 def make_sampler(cfg: StudyConfig, worker_index: int) -> optuna.samplers.BaseSampler:
+    seed = cfg.study.sampler.seed + 7919 * worker_index
+    if cfg.study.sampler.type == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
     # Multivariate TPE with constant liar suits parallel workers; the same seed in every
     # worker is the main cause of duplicate trials (optuna#3790), so each gets its own.
     return optuna.samplers.TPESampler(
         multivariate=True,
         constant_liar=True,
         n_startup_trials=cfg.study.sampler.n_startup_trials,
-        seed=cfg.study.sampler.seed + 7919 * worker_index,
+        seed=seed,
     )
 
 

@@ -56,3 +56,19 @@ def test_stored_config_is_yaml_friendly(write_config, tmp_path) -> None:
         load_study_config(write_config("s4")), open_storage(url, heartbeat_interval=None)
     )
     yaml.safe_dump(study.user_attrs[CONFIG_ATTR])  # plain data, readable by any tool
+
+
+def test_random_sampler_is_the_ablation_choice(write_config) -> None:
+    from search.study import make_sampler
+
+    cfg = load_study_config(write_config("s5", study={"sampler": {"type": "random", "seed": 3}}))
+    sampler = make_sampler(cfg, worker_index=1)
+    assert isinstance(sampler, optuna.samplers.RandomSampler)
+    tpe = make_sampler(load_study_config(write_config("s6")), worker_index=1)
+    assert isinstance(tpe, optuna.samplers.TPESampler)
+    # Seeded per worker like TPE: two workers of one study draw different first trials.
+    draws = [
+        optuna.create_study(sampler=make_sampler(cfg, k)).ask().suggest_float("x", 0, 1)
+        for k in (0, 1, 0)
+    ]
+    assert draws[0] == draws[2] != draws[1]
