@@ -87,7 +87,8 @@ def export_final(
         )
     return FinalConfig(
         data=cfg.data,
-        train=cfg.train,
+        # Data stages are the search's cheap first looks; final members train whole epochs.
+        train=cfg.train.model_copy(update={"data_stages": []}),
         members=members,
         wandb=cfg.tracking.wandb,
         provenance={

@@ -177,7 +177,9 @@ def make_sampler(cfg: StudyConfig, worker_index: int) -> optuna.samplers.BaseSam
 def make_pruner(cfg: StudyConfig) -> optuna.pruners.BasePruner:
     p = cfg.study.pruner
     if p.type == "hyperband":
-        max_resource = cfg.space.epochs.high * cfg.train.evals_per_epoch
+        # Steps are evaluation indices: one per data stage, then evals_per_epoch per epoch.
+        stages = len(cfg.train.data_stages)
+        max_resource = stages + cfg.space.epochs.high * cfg.train.evals_per_epoch
         return optuna.pruners.HyperbandPruner(
             min_resource=p.min_resource,
             max_resource=max(max_resource, p.min_resource),

@@ -72,6 +72,7 @@ class EvalRecorder(TrainerCallback):
     best: EvalRecord | None = None
     best_weights: dict | None = None
     eval_seconds: float = 0.0
+    epoch_of: Callable[[int], float] | None = None  # step -> epochs of data (data stages)
     _eval_started: float = 0.0
 
     def on_step_end(self, args, state, control, **kw: Any) -> None:
@@ -80,7 +81,8 @@ class EvalRecorder(TrainerCallback):
 
     def on_evaluate(self, args, state, control, model=None, **kw: Any) -> None:
         self.eval_seconds += time.perf_counter() - self._eval_started
-        record = EvalRecord(len(self.history) + 1, state.epoch or 0.0, state.global_step, {})
+        epoch = state.epoch if self.epoch_of is None else self.epoch_of(state.global_step)
+        record = EvalRecord(len(self.history) + 1, epoch or 0.0, state.global_step, {})
         record.metrics = self.metrics_source()
         self.history.append(record)
         if self.best is None or record.accuracy > self.best.accuracy:

@@ -15,6 +15,7 @@ from pydantic import (
     Field,
     NonNegativeFloat,
     PositiveInt,
+    field_validator,
     model_validator,
 )
 
@@ -77,6 +78,18 @@ class TrainSettings(Strict):
         None, description="deprecated: use precision (on = bf16, off = fp32)"
     )
     group_by_length: bool = True
+    data_stages: list[Annotated[float, Field(gt=0.0, lt=1.0)]] = Field(
+        default_factory=list,
+        description="data-size fidelity: before its epochs a run trains one pass over each "
+        "of these fractions of the rows (nested, stratified), evaluating after each; [] = off",
+    )
+
+    @field_validator("data_stages")
+    @classmethod
+    def _stages_grow(cls, stages: list[float]) -> list[float]:
+        if any(b <= a for a, b in zip(stages, stages[1:], strict=False)):
+            raise ValueError(f"{stages} must be strictly increasing, e.g. [0.25, 0.5]")
+        return stages
 
     @model_validator(mode="after")
     def _bf16_is_an_old_name_for_precision(self) -> TrainSettings:

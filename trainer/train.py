@@ -7,6 +7,7 @@ Hugging Face Trainer only at its seams: ``compute_loss_func`` and callbacks.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import tempfile
@@ -34,6 +35,7 @@ from trainer.errors import BadInput
 from trainer.focal import focal_loss, normalise_alpha
 from trainer.loading import load_backbone
 from trainer.metrics import classification_metrics
+from trainer.stages import StagedSampler, StagePlan, stratified_order
 from trainer.tokens import encode_cached
 
 log = logging.getLogger(__name__)
@@ -129,6 +131,7 @@ class InOrderEvalTrainer(Trainer):
     """
 
     flat_tail = 0.0  # TrainSettings.lr_flat_tail
+    plan: StagePlan | None = None  # TrainSettings.data_stages
 
     def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
         scheduler = super().create_scheduler(num_training_steps, optimizer)
@@ -140,6 +143,9 @@ class InOrderEvalTrainer(Trainer):
         return SequentialSampler(eval_dataset)
 
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        if self.plan is not None:
+            grouped = self.args.train_sampling_strategy == "group_by_length"
+            return StagedSampler(self.plan, self.train_dataset["length"] if grouped else None)
         # The Trainer drops the `length` column (not a model input) before it builds the
         # sampler, which then measures every row in Python (~60 us a row, each trial).
         if self.args.train_sampling_strategy != "group_by_length":
@@ -148,6 +154,17 @@ class InOrderEvalTrainer(Trainer):
             self.args.train_batch_size * self.args.gradient_accumulation_steps,
             lengths=list(self.train_dataset["length"]),
         )
+
+
+def stage_plan(cfg: TrainConfig, splits: Splits) -> StagePlan | None:
+    """The run's data stages (``train.data_stages``), or None for plain epochs."""
+    t = cfg.train
+    if not t.data_stages:
+        return None
+    # Ordered by the data's seed, not the trial's: every trial's stages hold the same rows.
+    order = stratified_order(splits.train_labels, cfg.data.split_seed)
+    batch = t.batch_size * t.gradient_accumulation_steps
+    return StagePlan.make(order, t.data_stages, cfg.params.epochs, batch, t.evals_per_epoch)
 
 
 def tail_start(total_steps: int, fraction: float) -> int:
@@ -226,16 +243,21 @@ def build_trainer(
     *,
     compute_metrics: Any = None,
     callbacks: list[Any] | None = None,
+    plan: StagePlan | None = None,
 ) -> InOrderEvalTrainer:
-    """A Trainer for ``cfg`` on ``splits``: a fresh seeded model, the cached encodings."""
+    """A Trainer for ``cfg`` on ``splits``: a fresh seeded model, the cached encodings;
+    with a ``plan`` (``train.data_stages``) one pass over the plan's segments."""
     alpha = normalise_alpha(cfg.params.focal_alpha, splits.num_labels)
     tokenizer, model = load_backbone(cfg.model.name_or_path, splits.num_labels, cfg.train.seed)
     train_set, eval_set = _encode(splits, tokenizer, cfg)
     # Tensor cores want dimensions in multiples of 8; on a CPU it would only add padding.
     multiple = 8 if torch.cuda.is_available() else None
+    args = training_arguments(cfg, scratch)
+    if plan is not None:  # the stages and the epochs are one pass over the plan's stream
+        args = dataclasses.replace(args, num_train_epochs=1)
     trainer = InOrderEvalTrainer(
         model=model,
-        args=training_arguments(cfg, scratch),
+        args=args,
         train_dataset=train_set,
         eval_dataset=eval_set,
         data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=multiple),
@@ -243,7 +265,7 @@ def build_trainer(
         compute_metrics=compute_metrics,
         callbacks=callbacks,
     )
-    trainer.flat_tail = cfg.train.lr_flat_tail
+    trainer.flat_tail, trainer.plan = cfg.train.lr_flat_tail, plan
     trainer.remove_callback(PrinterCallback)  # it prints every eval dict to stdout
     return trainer
 
@@ -267,17 +289,22 @@ def train_model(
         last_metrics.update(classification_metrics(logits, pred.label_ids, splits.num_labels))
         return {"accuracy": last_metrics["accuracy"]}  # the full dict goes to EvalRecorder
 
+    t, n_train = cfg.train, len(splits.train_texts)
+    plan = stage_plan(cfg, splits)
     recorder = EvalRecorder(lambda: dict(last_metrics), on_evaluate, keep_best_weights)
-    with tempfile.TemporaryDirectory(prefix="focaltune-run-") as scratch:
-        t, n_train = cfg.train, len(splits.train_texts)
+    if plan is None:
         steps_per_epoch = math.ceil(n_train / (t.batch_size * t.gradient_accumulation_steps))
         points = eval_points(steps_per_epoch, cfg.params.epochs, t.evals_per_epoch)
+    else:
+        points, recorder.epoch_of = plan.eval_points(), plan.epochs_at
+    with tempfile.TemporaryDirectory(prefix="focaltune-run-") as scratch:
         trainer = build_trainer(
             cfg,
             splits,
             scratch,
             compute_metrics=compute_metrics,
             callbacks=[EvalSchedule(points), recorder, *(callbacks or [])],
+            plan=plan,
         )
         started = time.perf_counter()
         trainer.train()
@@ -290,7 +317,7 @@ def train_model(
         label_names=splits.label_names,
         train_seconds=seconds,
         eval_seconds=recorder.eval_seconds,
-        train_samples_per_second=n_train * cfg.params.epochs / pure,
+        train_samples_per_second=(plan.total_rows if plan else n_train * cfg.params.epochs) / pure,
         device=describe_device(trainer.args.device),
         precision=training_precision(cfg.train.precision),
         best_weights=recorder.best_weights,
