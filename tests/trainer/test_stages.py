@@ -7,7 +7,8 @@ import pytest
 
 from search.config import parse_study_config
 from search.study import make_pruner
-from trainer.config import DataConfig, Hyperparams, ModelConfig, TrainConfig, TrainSettings
+from tests.trainer.runs import small_config
+from trainer.config import TrainSettings
 from trainer.data import load_splits
 from trainer.stages import StagePlan, stratified_order
 from trainer.train import build_trainer, stage_plan, train_model
@@ -34,27 +35,13 @@ def test_stages_are_whole_steps_and_evaluations_fall_at_their_ends() -> None:
     assert plan.schedule() == {3: 0.32, 8: 160 / 300, 18: 1.0, 27: 2.0}
 
 
-def small_config(tiny_backbone, nsmc_csv, tmp_path, stages: list[float]) -> TrainConfig:
-    return TrainConfig(
-        data=DataConfig(
-            train=str(nsmc_csv(300)),
-            validation=str(nsmc_csv(100, offset=5000)),
-            max_length=32,
-            cache_dir=str(tmp_path / "cache"),
-        ),
-        model=ModelConfig(name_or_path=str(tiny_backbone)),
-        train=TrainSettings(batch_size=32, data_stages=stages),
-        params=Hyperparams(learning_rate=2e-3, epochs=2),
-    )
-
-
 def test_a_staged_run_trains_on_the_nested_subsets_then_on_every_row(
     tiny_backbone, nsmc_csv, tmp_path
 ) -> None:
-    plain = small_config(tiny_backbone, nsmc_csv, tmp_path, [])
-    train_model(plain)  # fills the token cache
+    train_model(small_config(tiny_backbone, nsmc_csv, tmp_path))  # fills the token cache
     cached = sorted(p.name for p in (tmp_path / "cache").rglob("*"))
-    cfg = small_config(tiny_backbone, nsmc_csv, tmp_path, [0.25, 0.5])
+    cfg = small_config(tiny_backbone, nsmc_csv, tmp_path, data_stages=[0.25, 0.5])
+    cfg.params.epochs = 2
     splits = load_splits(cfg.data)
     plan = stage_plan(cfg, splits)
     trainer = build_trainer(cfg, splits, str(tmp_path / "run"), plan=plan)

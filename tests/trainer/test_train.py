@@ -10,6 +10,7 @@ import torch
 from datasets import Dataset
 from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
 
+from tests.trainer.runs import small_config
 from trainer.config import DataConfig, Hyperparams, ModelConfig, TrainConfig, TrainSettings
 from trainer.data import load_splits
 from trainer.errors import BadInput
@@ -101,22 +102,8 @@ def test_the_standard_recipe_learns(learning_backbone, nsmc_csv) -> None:
     json.dumps(result.to_json())  # metrics must be JSON-serialisable
 
 
-def _small_config(tiny_backbone, nsmc_csv, tmp_path, **train) -> TrainConfig:
-    return TrainConfig(
-        data=DataConfig(
-            train=str(nsmc_csv(300)),
-            validation=str(nsmc_csv(100, offset=5000)),
-            max_length=32,
-            cache_dir=str(tmp_path / "cache"),
-        ),
-        model=ModelConfig(name_or_path=str(tiny_backbone)),
-        train=TrainSettings(batch_size=32, **train),
-        params=Hyperparams(learning_rate=2e-3, epochs=1),
-    )
-
-
 def test_length_grouped_sampler_uses_the_cached_lengths(tiny_backbone, nsmc_csv, tmp_path):
-    cfg = _small_config(tiny_backbone, nsmc_csv, tmp_path)
+    cfg = small_config(tiny_backbone, nsmc_csv, tmp_path)
     trainer = build_trainer(cfg, load_splits(cfg.data), str(tmp_path / "run"))
     # Stand-in lengths that are not the token counts: a sampler that measured each row
     # itself (the Trainer's own path, ~60 us a row) would not return these.
@@ -135,7 +122,7 @@ def test_a_trained_model_comes_back_without_the_training_autocast(
     # No GPU here: bf16 autocast is forced on the CPU, where accelerate patches `forward`
     # the same way it does on a GPU.
     monkeypatch.setattr("trainer.train.training_precision", lambda setting: "bf16")
-    cfg = _small_config(tiny_backbone, nsmc_csv, tmp_path)
+    cfg = small_config(tiny_backbone, nsmc_csv, tmp_path)
     result = train_model(cfg)
     assert result.precision == "bf16"
     model = result.model.eval()
@@ -182,7 +169,7 @@ class _LearningRates(TrainerCallback):
 def test_a_flat_tail_holds_the_learning_rate_over_the_last_steps(
     tiny_backbone, nsmc_csv, tmp_path, tail: float
 ) -> None:
-    cfg = _small_config(tiny_backbone, nsmc_csv, tmp_path, lr_flat_tail=tail)
+    cfg = small_config(tiny_backbone, nsmc_csv, tmp_path, lr_flat_tail=tail)
     cfg.params.epochs = 2  # 300 rows in batches of 32: 10 steps an epoch
     rates = _LearningRates()
     train_model(cfg, callbacks=[rates])
