@@ -1,11 +1,15 @@
-"""`make bench`: the seed's way of working against focaltune, and where the time goes.
+"""`make bench`: focaltune against the searches users would pick instead, and where time goes.
 
-One invocation, one machine, one data slice, model size, search space and trial count:
+One invocation, one machine, one data slice, backbone, search space and wall-time budget:
 
-1. search: (a) the seed-style loop against (b) ``focaltune worker`` on a SQLite study;
+1. anytime search: best validation accuracy against wall time for (a) the seed-style
+   loop, (b) ``Trainer.hyperparameter_search(backend="optuna")``, (c) Ray Tune with ASHA,
+   (d) focaltune with random sampling and no pruner, (e) focaltune with data stages
+   (data-size fidelity), (f) focaltune as shipped; each one's time-to-target and its best
+   configuration retrained once and scored on test rows;
 2. Trainer overhead: ``train_model``'s Trainer path against a bare PyTorch loop;
 3. orchestration: storage + sampler seconds per trial on a 1,000-trial study (SQLite,
-   PostgreSQL) as a fraction of a typical trial of (b);
+   PostgreSQL) as a fraction of a 15 s trial;
 4. ``--gpu``: BERT-base-size bf16 throughput and MFU (only where CUDA exists).
 
 Prints one table and writes every figure to ``--out`` (JSON). See benchmarks/README.md.
@@ -41,20 +45,32 @@ from benchmarks.workload import (  # noqa: E402
     study_config,
     write_json,
     write_slices,
+    write_test_slice,
 )
 
+# Part 1's peers, in the order they run (a-f).
+PEERS = (
+    "seed-style",
+    "hf-hyperparameter-search",
+    "ray-asha",
+    "focaltune-random",
+    "focaltune-stages",
+    "focaltune",
+)
+STAGES = [0.25, 0.5]  # focaltune-stages: one pass over a quarter, then half of the rows first
+
 SIZE_FLAGS = (  # --flag and its help; each sets the Sizes field of the same name
-    ("trials", "trials per search (both loops)"),
     ("train-rows", "training rows"),
     ("eval-rows", "evaluation rows"),
+    ("test-rows", "test rows each peer's best configuration is scored on"),
     ("hidden", "backbone width"),
     ("layers", "backbone layers"),
     ("vocab-size", "backbone tokenizer vocabulary"),
     ("max-length", "tokens per text at most"),
     ("epochs-max", "search space epochs: [1, this]"),
     ("batch-size", "training batch size"),
-    ("evals-per-epoch", "evaluations per epoch (focaltune; the seed-style loop: 1)"),
-    ("workers", "focaltune worker processes (threads split between them)"),
+    ("evals-per-epoch", "evaluations per epoch (focaltune and Ray; the others: 1)"),
+    ("workers", "focaltune workers and Ray trials at once (threads split between them)"),
     ("seed", "sampler, data and training seed"),
     ("backbone-texts", "reviews the backbone is built from (0: all of train.csv.gz)"),
 )
@@ -71,23 +87,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=Path.home() / ".cache/focaltune/backbones",
         help="where backbones are built once (make backbone's cache)",
     )
-    for flag, what in SIZE_FLAGS:
-        default = getattr(Sizes(), flag.replace("-", "_"))
-        p.add_argument(f"--{flag}", type=int, default=default, help=f"{what} ({default})")
+    add_size_flags(p)
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
+    p.add_argument("--budget-seconds", type=float, default=200.0, help="part 1, per peer")
+    p.add_argument("--peers", default=",".join(PEERS), help=f"part 1 peers, of {','.join(PEERS)}")
+    p.add_argument("--plot", type=Path, default=Path("benchmarks/anytime.png"), help="part 1")
     p.add_argument("--seed-loader-workers", type=int, default=0, help="seed-style DataLoader")
     p.add_argument("--overhead-repeats", type=int, default=3, help="part 2 runs per path")
     p.add_argument("--overhead-epochs", type=int, default=1, help="part 2 epochs per run")
     p.add_argument("--orch-filled", type=int, default=1000, help="part 3 trials in the study")
     p.add_argument("--orch-trials", type=int, default=10, help="part 3 trials timed")
-    p.add_argument("--trial-seconds", type=float, default=None, help="part 3 without part 1b")
-    for part in ("seed", "focaltune", "overhead", "orchestration"):
+    p.add_argument("--trial-seconds", type=float, default=15.0, help="part 3: a trial's seconds")
+    for part in ("search", "overhead", "orchestration"):
         p.add_argument(f"--skip-{part}", action="store_true", help=f"do not run {part}")
     p.add_argument("--gpu", action="store_true", help="part 4 (needs CUDA)")
     p.add_argument("--gpu-rows", type=int, default=16384, help="part 4 training texts")
     p.add_argument("--gpu-batch", type=int, default=64, help="part 4 batch size")
     p.add_argument("--peak-tflops", type=float, default=None, help="part 4 peak bf16 TFLOP/s")
     return p.parse_args(argv)
+
+
+def add_size_flags(p: argparse.ArgumentParser) -> None:
+    for flag, what in SIZE_FLAGS:
+        default = getattr(Sizes(), flag.replace("-", "_"))
+        p.add_argument(f"--{flag}", type=int, default=default, help=f"{what} ({default})")
 
 
 def sizes_from(args: argparse.Namespace) -> Sizes:
@@ -103,41 +126,55 @@ def default_threads() -> int:
 
 
 def run_search(args: argparse.Namespace, sizes: Sizes, base: Any, root: Path) -> dict:
-    from benchmarks.focaltune_search import run_focaltune
-    from benchmarks.seed_style import run_seed_style
+    """Each chosen peer for ``--budget-seconds``, then their figures, plot and retraining."""
+    from benchmarks.anytime import plot, retrain_on_test, summary
     from search.study import resolve_config
 
-    out: dict[str, Any] = {}
-    if not args.skip_seed:
-        print(f"[1a] seed-style search: {sizes.trials} trials ...", flush=True)
-        work = root / "seed-style"
-        a = run_seed_style(resolve_config(base), work, loader_workers=args.seed_loader_workers)
-        out["seed_style"] = a.to_json()
-    if not args.skip_focaltune:
-        print(f"[1b] focaltune search: {sizes.workers} worker(s) ...", flush=True)
-        work = root / "focaltune"
-        cold = base.model_copy(deep=True)
-        cold.data.cache_dir = str(work / "token-cache")  # inside the fresh folder: starts cold
-        b = run_focaltune(
-            cold, work, train_rows=sizes.train_rows, workers=sizes.workers, threads=sizes.threads
-        )
-        out["focaltune"] = b.to_json()
-    if "seed_style" in out and "focaltune" in out:
-        out["ratio"] = ratios(out["seed_style"], out["focaltune"])
+    base, runs = resolve_config(base), []  # labels read from the data once, for all peers
+    for letter, peer in zip("abcdef", PEERS, strict=True):
+        if peer not in args.peers.split(","):
+            continue
+        print(f"[1{letter}] {peer}: {args.budget_seconds:.0f} s ...", flush=True)
+        cold = base.model_copy(deep=True)  # each peer tokenises from a cold cache
+        cold.data.cache_dir = str(root / peer / "token-cache")
+        runs.append(run_peer(peer, cold, root / peer, args))
+    out = summary(runs, args.budget_seconds)
+    plot(runs, args.budget_seconds, out["target_accuracy"], args.plot)
+    out["plot"] = str(args.plot)
+    test = write_test_slice(args.data, root, sizes.test_rows)
+    for run in runs:
+        best = run.best(args.budget_seconds)
+        if best is not None:
+            print(f"[1] retraining the best configuration of {run.name} ...", flush=True)
+            out["peers"][run.name]["retrained"] = retrain_on_test(base, best.params, test)
     return out
 
 
-def ratios(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    gap = None
-    if a["best_accuracy"] is not None and b["best_accuracy"] is not None:
-        gap = round(100 * (b["best_accuracy"] - a["best_accuracy"]), 2)
-    return {
-        "wall_seconds_a_over_b": round(a["wall_seconds"] / b["wall_seconds"], 2),
-        "train_samples_per_second_b_over_a": round(
-            b["train_samples_per_second"] / a["train_samples_per_second"], 2
-        ),
-        "best_accuracy_b_minus_a_points": gap,
-    }
+def run_peer(peer: str, base: Any, work: Path, args: argparse.Namespace) -> Any:
+    budget = args.budget_seconds
+    if peer == "seed-style":
+        from benchmarks.seed_style import run_seed_style
+
+        return run_seed_style(
+            base, work, budget_seconds=budget, loader_workers=args.seed_loader_workers
+        )
+    if peer == "hf-hyperparameter-search":
+        from benchmarks.hf_search import run_hf_search
+
+        return run_hf_search(base, work, budget_seconds=budget)
+    if peer == "ray-asha":
+        from benchmarks.ray_asha import run_ray_asha
+
+        return run_ray_asha(base, work, budget_seconds=budget, threads=args.workers)
+    from benchmarks.focaltune_search import run_focaltune
+
+    base = base.model_copy(deep=True)
+    if peer == "focaltune-random":  # the ablation: what TPE and Hyperband add
+        base.study.sampler.type, base.study.pruner.type = "random", "none"
+    if peer == "focaltune-stages":  # data-size fidelity against epochs-only
+        base.train.data_stages = STAGES
+    kw = {"workers": args.workers, "threads": args.threads, "budget_seconds": budget}
+    return run_focaltune(base, work, name=peer, **kw)
 
 
 def run_overhead(args: argparse.Namespace, base: Any) -> dict[str, Any]:
@@ -161,19 +198,14 @@ def run_overhead(args: argparse.Namespace, base: Any) -> dict[str, Any]:
     return result | {"evaluation": evaluation, "speed_items": items}
 
 
-def run_orchestration(args: argparse.Namespace, base: Any, results: dict, work: Path) -> dict:
+def run_orchestration(args: argparse.Namespace, base: Any, work: Path) -> dict:
     from benchmarks.orchestration import run_orchestration as measure
     from search.study import resolve_config
 
-    typical = results.get("search", {}).get("focaltune", {}).get("mean_trial_seconds")
-    source = "part 1b mean trial seconds"
-    if typical is None:
-        typical, source = args.trial_seconds or 20.0, "--trial-seconds (no part 1b)"
+    typical = args.trial_seconds  # the issue's yardstick; part 1's own trials are in its JSON
     print(f"[3] orchestration on {args.orch_filled} trials (SQLite, PostgreSQL) ...", flush=True)
     kw = {"filled": args.orch_filled, "trials": args.orch_trials, "trial_seconds": typical}
-    return {"trial_seconds": typical, "trial_seconds_from": source} | measure(
-        resolve_config(base), work, **kw
-    )
+    return {"trial_seconds": typical} | measure(resolve_config(base), work, **kw)
 
 
 @contextmanager
@@ -205,16 +237,15 @@ def quiet_libraries(threads: int) -> None:
 def run_parts(args: argparse.Namespace, sizes: Sizes, base: Any, work: Path) -> dict[str, Any]:
     results: dict[str, Any] = {"settings": describe(sizes), "machine": machine()}
     seconds: dict[str, float] = {}
-    with timed(seconds, "search"):
-        results["search"] = run_search(args, sizes, base, work)
+    if not args.skip_search:
+        with timed(seconds, "search"):
+            results["search"] = run_search(args, sizes, base, work)
     if not args.skip_overhead:
         with timed(seconds, "trainer_overhead"):
             results["trainer_overhead"] = run_overhead(args, base)
     if not args.skip_orchestration:
         with timed(seconds, "orchestration"):
-            results["orchestration"] = run_orchestration(
-                args, base, results, work / "orchestration"
-            )
+            results["orchestration"] = run_orchestration(args, base, work / "orchestration")
     if args.gpu:
         from benchmarks.gpu import run_gpu
 
@@ -229,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.threads = args.threads or default_threads()
     if args.workers > args.threads:  # one thread per worker at least: keep the budgets equal
-        print(f"bench: {args.threads} thread(s) for both loops: running {args.threads} worker(s)")
+        print(f"bench: {args.threads} thread(s) for every peer: running {args.threads} worker(s)")
         args.workers = args.threads
     sizes = sizes_from(args)
     quiet_libraries(args.threads)

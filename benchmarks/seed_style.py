@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from transformers import (
     TrainingArguments,
 )
 
-from benchmarks.workload import SearchResult, trial_rows
+from benchmarks.anytime import AnytimeRun, from_study
 from search.config import StudyConfig
 from search.space import suggest
 from trainer.config import TrainConfig
@@ -178,42 +179,27 @@ def run_trial(
     return float(trainer.state.best_metric), phases
 
 
-def run_seed_style(base: StudyConfig, work: Path, *, loader_workers: int = 0) -> SearchResult:
-    """Run ``base.study.n_trials`` trials, one full run each, in an in-memory study."""
-    started = time.perf_counter()
+def run_seed_style(
+    base: StudyConfig, work: Path, *, budget_seconds: float, loader_workers: int = 0
+) -> AnytimeRun:
+    """Trials, one full run each, in an in-memory study, until ``budget_seconds`` (no trial
+    starts after it); phase seconds summed over trials in ``extra``."""
+    started_at, started = datetime.now(), time.perf_counter()
     splits = load_splits(base.data)  # the notebook read its data once, up front
     totals: dict[str, float] = {}
-    samples = 0
 
     def objective(trial: optuna.Trial) -> float:
-        nonlocal samples
         cfg = suggest(trial, base)
         best, phases = run_trial(cfg, splits, work / f"trial-{trial.number}", loader_workers)
         for phase, seconds in phases.items():
             totals[phase] = totals.get(phase, 0.0) + seconds
-        samples += len(splits.train_texts) * cfg.params.epochs
         return best
 
     sampler = optuna.samplers.TPESampler(seed=base.study.sampler.seed)  # plain: the defaults
     study = optuna.create_study(direction="maximize", sampler=sampler)
-    study.optimize(objective, n_trials=base.study.n_trials)
-    return summarise(study, time.perf_counter() - started, samples, totals)
-
-
-def summarise(
-    study: optuna.Study, wall: float, samples: int, totals: dict[str, float]
-) -> SearchResult:
+    study.optimize(objective, n_trials=10_000, timeout=budget_seconds)
     trials = study.get_trials(deepcopy=False)
-    state = optuna.trial.TrialState
-    return SearchResult(
-        wall_seconds=wall,
-        complete=sum(t.state == state.COMPLETE for t in trials),
-        pruned=sum(t.state == state.PRUNED for t in trials),
-        failed=sum(t.state == state.FAIL for t in trials),
-        best_accuracy=study.best_value,
-        train_samples=samples,
-        samples_per_second=samples / max(totals.get("train", 0.0), 1e-9),
-        trial_seconds=[t.duration.total_seconds() for t in trials if t.duration],
-        trials=trial_rows(trials),
-        breakdown=totals,
+    extra = {"phase_seconds": {k: round(v, 1) for k, v in totals.items()}}
+    return AnytimeRun(
+        "seed-style", time.perf_counter() - started, from_study(trials, started_at), extra
     )
