@@ -72,7 +72,8 @@ class EvalRecorder(TrainerCallback):
     best: EvalRecord | None = None
     best_weights: dict | None = None
     eval_seconds: float = 0.0
-    epoch_of: Callable[[int], float] | None = None  # step -> epochs of data (data stages)
+    # Data stages: step -> the evaluation's epoch (a stage's share of the rows, then epochs).
+    epoch_of: Callable[[int], float] | None = None
     _eval_started: float = 0.0
 
     def on_step_end(self, args, state, control, **kw: Any) -> None:

@@ -44,7 +44,13 @@ def stratified_order(labels: np.ndarray, seed: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class StagePlan:
-    """Which rows each segment of a staged run trains on, and where evaluations fall."""
+    """Which rows each segment of a staged run trains on, and where evaluations fall.
+
+    Every segment is whole optimizer steps: its last step is filled up with rows of the same
+    segment drawn again (fewer than one batch), so an evaluation at a segment's end has seen
+    that segment's rows and no other, and evaluations fall on steps as ``eval_points`` puts
+    them in plain epochs.
+    """
 
     segments: list[np.ndarray]  # row indices: each stage's subset, then the full set per epoch
     batch: int  # rows per optimizer step
@@ -61,30 +67,30 @@ class StagePlan:
         evals_per_epoch: int,
     ) -> StagePlan:
         n = len(order)
-        # Whole optimizer steps per stage, so a stage's evaluation sees only its own rows.
-        sizes = [min(n, math.ceil(f * n / batch) * batch) for f in stages]
-        full = np.arange(n)
-        return cls([order[:m] for m in sizes] + [full] * epochs, batch, evals_per_epoch, len(sizes))
+        subsets = [order[: max(1, round(f * n))] for f in stages]
+        return cls(subsets + [np.arange(n)] * epochs, batch, evals_per_epoch, len(subsets))
+
+    def steps(self, segment: np.ndarray) -> int:
+        return math.ceil(len(segment) / self.batch)
 
     @property
     def total_rows(self) -> int:
-        return sum(len(s) for s in self.segments)
+        return sum(self.steps(s) for s in self.segments) * self.batch
 
     def schedule(self) -> dict[int, float]:
         """Optimizer step of each evaluation -> its epoch: a stage's end is its share of the
         rows (0.25); inside the full epochs, evenly per epoch and always at its end."""
-        points, done, n = {}, 0, len(self.segments[-1])
+        points: dict[int, float] = {}
+        done, n = 0, len(self.segments[-1])
         for k, segment in enumerate(self.segments):
+            steps = self.steps(segment)
             if k < self.n_stages:
-                points[math.ceil((done + len(segment)) / self.batch)] = len(segment) / n
+                points[done + steps] = len(segment) / n
             else:
-                # At most one evaluation per optimizer step, as ``eval_points`` caps it.
-                per = min(self.evals_per_epoch, math.ceil(n / self.batch))
-                epoch = k - self.n_stages
+                per = min(self.evals_per_epoch, steps)  # at most one evaluation per step
                 for j in range(1, per + 1):
-                    step = math.ceil((done + j * len(segment) / per) / self.batch)
-                    points[step] = epoch + j / per
-            done += len(segment)
+                    points[done + math.ceil(j * steps / per)] = k - self.n_stages + j / per
+            done += steps
         return points
 
     def eval_points(self) -> list[int]:
@@ -97,7 +103,8 @@ class StagePlan:
 
 class StagedSampler(Sampler[int]):
     """The segments of a ``StagePlan`` one after another, each shuffled (grouped by length
-    when ``lengths`` is given, as the Trainer's ``LengthGroupedSampler`` groups an epoch)."""
+    when ``lengths`` is given, as the Trainer's ``LengthGroupedSampler`` groups an epoch)
+    and filled up to whole steps."""
 
     def __init__(self, plan: StagePlan, lengths: Sequence[int] | None, generator=None) -> None:
         self.plan, self.generator = plan, generator
@@ -108,7 +115,10 @@ class StagedSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         for segment in self.plan.segments:
-            yield from (int(segment[i]) for i in self._shuffled(segment))
+            rows = segment[self._shuffled(segment)]
+            fill = self.plan.steps(segment) * self.plan.batch - len(segment)
+            extra = torch.randint(len(segment), (fill,), generator=self.generator).numpy()
+            yield from (int(i) for i in np.concatenate([rows, segment[extra]]))
 
     def _shuffled(self, segment: np.ndarray) -> list[int]:
         if self.lengths is None:

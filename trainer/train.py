@@ -7,7 +7,6 @@ Hugging Face Trainer only at its seams: ``compute_loss_func`` and callbacks.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import tempfile
@@ -182,13 +181,17 @@ class FlatTail(LambdaLR):
         super().__init__(scheduler.optimizer, lambda step: decay(min(step, start)))
 
 
-def training_arguments(cfg: TrainConfig, out_dir: str) -> TrainingArguments:
+def training_arguments(
+    cfg: TrainConfig, out_dir: str, epochs: int | None = None
+) -> TrainingArguments:
+    """The run's ``TrainingArguments``; ``epochs`` overrides ``cfg.params.epochs`` (a staged
+    run is one pass of the Trainer over its plan)."""
     t, p = cfg.train, cfg.params
     cuda = torch.cuda.is_available()
     precision = training_precision(t.precision)
     args = TrainingArguments(
         output_dir=out_dir,
-        num_train_epochs=p.epochs,
+        num_train_epochs=p.epochs if epochs is None else epochs,
         learning_rate=p.learning_rate,
         per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=t.eval_batch_size,
@@ -252,12 +255,9 @@ def build_trainer(
     train_set, eval_set = _encode(splits, tokenizer, cfg)
     # Tensor cores want dimensions in multiples of 8; on a CPU it would only add padding.
     multiple = 8 if torch.cuda.is_available() else None
-    args = training_arguments(cfg, scratch)
-    if plan is not None:  # the stages and the epochs are one pass over the plan's stream
-        args = dataclasses.replace(args, num_train_epochs=1)
     trainer = InOrderEvalTrainer(
         model=model,
-        args=args,
+        args=training_arguments(cfg, scratch, epochs=None if plan is None else 1),
         train_dataset=train_set,
         eval_dataset=eval_set,
         data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=multiple),

@@ -46,3 +46,11 @@ def test_seeds_repeats_the_best_trial_with_a_seed_each(study_with_trials, seeds)
         final.members[0].params.model_dump_json()
     }
     assert final.provenance["trials"] == [1, 1, 1]
+
+
+def test_data_stages_stay_with_the_search(study_with_trials) -> None:
+    study, cfg = study_with_trials
+    cfg.train.data_stages = [0.25, 0.5]
+    final = export_final(study, cfg)
+    assert final.train.data_stages == []  # final members train whole epochs
+    assert cfg.train.data_stages == [0.25, 0.5]  # the study's config is left as it was
