@@ -53,6 +53,8 @@ def make_objective(
     def objective(trial: optuna.Trial) -> float:
         cfg = suggest(trial, base)
         history: list[EvalRecord] = []
+        # Written once, in one transaction, before the trial's reporting reads them.
+        attrs: dict[str, Any] = {}
 
         def report(record: EvalRecord) -> None:
             history.append(record)
@@ -61,8 +63,6 @@ def make_objective(
                 attrs["end_reason"] = f"pruned at evaluation {record.index}"
                 raise optuna.TrialPruned(f"pruned at evaluation {record.index}")
 
-        # Written once, in one transaction, before the trial's reporting reads them.
-        attrs: dict[str, Any] = {}
         result = None
         try:
             bar = ProgressBar(f"trial {trial.number}")
@@ -79,9 +79,11 @@ def make_objective(
             attrs["end_reason"] = f"failed: {kind}: {str(err)[:200]}"
             raise
         finally:
-            set_user_attrs(trial, best_attrs(history) | attrs)
-            if on_trial_end is not None:
-                on_trial_end(trial, history, result)
+            try:
+                set_user_attrs(trial, best_attrs(history) | attrs)
+            finally:  # the trial's reporting runs even when the database refused the write
+                if on_trial_end is not None:
+                    on_trial_end(trial, history, result)
 
     return objective
 

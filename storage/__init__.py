@@ -1,6 +1,7 @@
 """Storage for Optuna studies: URLs, engines, heartbeats, secret masking.
 
-Optuna owns the schema; this package only builds URLs, engines and heartbeats. (The local
+Optuna owns the schema; this package builds URLs, engines and heartbeats, and writes a
+trial's user attributes in one transaction through Optuna's own table (``attrs``). (The local
 PostgreSQL server for development and tests is a tool, in ``tools/postgres.py``.)
 """
 

@@ -66,8 +66,16 @@ def test_the_trial_model_columns_stale_py_filters_on() -> None:
         assert hasattr(TrialModel, column), column
 
 
-def test_the_user_attribute_table_attrs_py_upserts_into() -> None:
+def test_the_user_attribute_table_attrs_py_upserts_into(tmp_path) -> None:
+    from optuna.storages._rdb.models import TrialModel
     from optuna.storages._rdb.models import TrialUserAttributeModel as table
+
+    assert callable(TrialModel.find_or_raise_by_id)
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'attrs.db'}")
+    trial = study.ask()
+    # A study's RDBStorage sits behind a cache; a trial keeps its own frozen copy.
+    assert isinstance(study._storage._backend, optuna.storages.RDBStorage)
+    assert isinstance(trial._cached_frozen_trial.user_attrs, dict)
 
     for column in ("trial_id", "key", "value_json"):
         assert hasattr(table, column), column
