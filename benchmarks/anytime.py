@@ -9,7 +9,7 @@ threads) for the same wall-time budget and hands back an ``AnytimeRun``: one
 - time-to-target: the first moment a peer's curve comes within ``TARGET_GAP`` of the best
   accuracy *any* peer reached;
 - the test accuracy of each peer's best configuration, retrained once the same way for all
-  (``train_model``, the epoch with the best validation accuracy, scored on a test slice).
+  (``retrain.py``).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ class Finished:
     seconds: float  # since that peer's search started (its start-up included)
     accuracy: float  # the best validation accuracy this trial reached
     params: dict[str, Any]  # in ``search.space`` names, so ``params_to_config`` rebuilds it
-    state: str  # COMPLETE, PRUNED (stopped early by a pruner or scheduler)
+    state: str  # COMPLETE, PRUNED (by a pruner or scheduler), STOPPED (cut by the budget)
 
 
 @dataclass
@@ -46,7 +46,8 @@ class AnytimeRun:
 
     def within(self, budget: float) -> list[Finished]:
         """Trials finished inside the budget: a trial that ran over it does not count."""
-        return sorted((t for t in self.trials if t.seconds <= budget), key=lambda t: t.seconds)
+        inside = (t for t in self.trials if t.seconds <= budget and t.state != "STOPPED")
+        return sorted(inside, key=lambda t: t.seconds)
 
     def curve(self, budget: float) -> list[tuple[float, float]]:
         """(seconds, best accuracy so far) at each trial that raised it."""
@@ -104,40 +105,6 @@ def summary(runs: list[AnytimeRun], budget: float) -> dict[str, Any]:
         figures["time_to_target_seconds"] = None if target is None else run.time_to(target, budget)
         peers[run.name] = figures
     return {"budget_seconds": budget, "target_accuracy": target, "peers": peers}
-
-
-def retrain_on_test(base: Any, params: dict[str, Any], test_csv: Path) -> dict[str, float]:
-    """``params`` trained once on the workload's rows (the epoch best on validation kept),
-    then scored on ``test_csv``: the same procedure for every peer's best configuration."""
-    import numpy as np
-    import pandas as pd
-
-    from search.space import params_to_config
-    from trainer.final.predict import predict_probs
-    from trainer.loading import quiet_loading
-    from trainer.train import train_model
-
-    cfg = params_to_config(params, base)
-    result = train_model(cfg, keep_best_weights=True)
-    with quiet_loading():
-        result.model.load_state_dict(result.best_weights)
-    test = pd.read_csv(test_csv)
-    texts = test[cfg.data.text_column].astype(str).tolist()
-    tokenizer = _tokenizer(cfg.model.name_or_path)
-    probs = predict_probs(result.model, tokenizer, texts, max_length=cfg.data.max_length)
-    names = [str(n) for n in result.label_names]
-    truth = np.array([names.index(str(v)) for v in test[cfg.data.label_column]])
-    return {
-        "test_accuracy": float((probs.argmax(1) == truth).mean()),
-        "validation_accuracy": result.best.accuracy,
-        "best_epoch": result.best.epoch,
-    }
-
-
-def _tokenizer(path: str) -> Any:
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(path)
 
 
 def plot(runs: list[AnytimeRun], budget: float, target: float | None, path: Path) -> None:

@@ -43,6 +43,7 @@ from benchmarks.workload import (  # noqa: E402
     ensure_backbone,
     machine,
     study_config,
+    with_cache,
     write_json,
     write_slices,
     write_test_slice,
@@ -127,7 +128,8 @@ def default_threads() -> int:
 
 def run_search(args: argparse.Namespace, sizes: Sizes, base: Any, root: Path) -> dict:
     """Each chosen peer for ``--budget-seconds``, then their figures, plot and retraining."""
-    from benchmarks.anytime import plot, retrain_on_test, summary
+    from benchmarks.anytime import plot, summary
+    from benchmarks.retrain import retrain_on_test
     from search.study import resolve_config
 
     base, runs = resolve_config(base), []  # labels read from the data once, for all peers
@@ -135,9 +137,7 @@ def run_search(args: argparse.Namespace, sizes: Sizes, base: Any, root: Path) ->
         if peer not in args.peers.split(","):
             continue
         print(f"[1{letter}] {peer}: {args.budget_seconds:.0f} s ...", flush=True)
-        cold = base.model_copy(deep=True)  # each peer tokenises from a cold cache
-        cold.data.cache_dir = str(root / peer / "token-cache")
-        runs.append(run_peer(peer, cold, root / peer, args))
+        runs.append(run_peer(peer, with_cache(base, root / peer), root / peer, args))
     out = summary(runs, args.budget_seconds)
     plot(runs, args.budget_seconds, out["target_accuracy"], args.plot)
     out["plot"] = str(args.plot)
@@ -165,10 +165,11 @@ def run_peer(peer: str, base: Any, work: Path, args: argparse.Namespace) -> Any:
     if peer == "ray-asha":
         from benchmarks.ray_asha import run_ray_asha
 
-        return run_ray_asha(base, work, budget_seconds=budget, threads=args.workers)
+        return run_ray_asha(
+            base, work, budget_seconds=budget, workers=args.workers, threads=args.threads
+        )
     from benchmarks.focaltune_search import run_focaltune
 
-    base = base.model_copy(deep=True)
     if peer == "focaltune-random":  # the ablation: what TPE and Hyperband add
         base.study.sampler.type, base.study.pruner.type = "random", "none"
     if peer == "focaltune-stages":  # data-size fidelity against epochs-only

@@ -9,11 +9,11 @@ Run as a user of that API runs it, on the workload's rows, backbone and space:
   subclass, which the loss reads (the documented way to search anything else);
 - ``backend="optuna"`` with its own defaults: ``optuna.create_study`` (univariate TPE,
   median pruner), one evaluation per epoch reported to the pruner, the trial's value the
-  last evaluation's accuracy (``default_compute_objective``); ``direction="maximize"``
-  and ``timeout`` are the only settings given.
+  last evaluation's accuracy (``default_compute_objective``); the settings given are
+  ``direction="maximize"``, ``timeout`` and ``n_trials`` (more than the budget allows).
 
-The study is kept in an ``InMemoryStorage`` handed to ``create_study`` (a keyword the API
-passes on), so its trials can be read back with their times.
+The study is kept in an ``InMemoryStorage`` handed to ``create_study`` with its name (keywords
+the API passes on), so its trials can be read back with their times.
 """
 
 from __future__ import annotations
@@ -116,8 +116,11 @@ def datasets(base: StudyConfig, tokenizer: Any) -> tuple[Dataset, Dataset, int]:
     return sets[0], sets[1], splits.num_labels
 
 
-def run_hf_search(base: StudyConfig, work: Path, *, budget_seconds: float) -> AnytimeRun:
-    """``hyperparameter_search`` for ``budget_seconds`` (no trial starts after it)."""
+def run_hf_search(
+    base: StudyConfig, work: Path, *, budget_seconds: float, n_trials: int = 10_000
+) -> AnytimeRun:
+    """``hyperparameter_search`` for ``budget_seconds`` (no trial starts after it) or
+    ``n_trials``, whichever comes first."""
     started_at, started = datetime.now(), time.perf_counter()
     path = base.model.name_or_path
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -154,7 +157,7 @@ def run_hf_search(base: StudyConfig, work: Path, *, budget_seconds: float) -> An
         hp_space=hp_space(base),
         direction="maximize",
         backend="optuna",
-        n_trials=10_000,  # the timeout ends it
+        n_trials=n_trials,
         timeout=budget_seconds,
         storage=storage,
         study_name=STUDY,

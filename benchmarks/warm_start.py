@@ -1,12 +1,13 @@
 """Warm start, measured: focaltune on the bench workload, cold and warm-started.
 
 The "new data, same problem" case of ``focaltune study create --warm-start``: a source
-study searches the same space on other rows of nsmc4 (``--source-rows`` from after the
-workload's slices, so none is shared); then two studies on the bench workload, one cold,
-one with the source's top ``--top`` configurations enqueued first. Each runs for
-``--budget-seconds`` with the bench's workers and threads; the figure is each one's
-time-to-target (within 0.5 pt of the better of the two) and best validation accuracy.
-The source's own time is reported apart: it is what a user already spent.
+study searches the same space on other rows of nsmc4 (``--source-rows`` and as many
+validation rows as the workload's, from after the workload's slices: none is shared);
+then two studies on the bench workload, one cold, one with the source's top ``--top``
+configurations enqueued first. Each runs for ``--budget-seconds`` with the bench's
+workers and threads; the figure is each one's time-to-target (within 0.5 pt of the
+better of the two) and best validation accuracy. The source's own time is reported
+apart: it is what a user already spent.
 
     .venv/bin/python benchmarks/warm_start.py --out runs/warm_start.json
 """
@@ -32,6 +33,7 @@ from benchmarks.workload import (  # noqa: E402
     NSMC4,
     ensure_backbone,
     study_config,
+    with_cache,
     write_json,
     write_slices,
 )
@@ -53,23 +55,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def source_slice(data: Path, work: Path, skip: int, rows: int) -> Path:
-    """``rows`` reviews of nsmc4's train file after the first ``skip`` (unseen by the
-    workload); the source study validates on the workload's own validation rows."""
+def source_slices(data: Path, work: Path, skip: int, rows: int, evals: int) -> tuple[Path, Path]:
+    """``rows`` training and ``evals`` validation reviews of nsmc4's train file after the first
+    ``skip``: the source study neither trains nor chooses on the workload's rows."""
     import pandas as pd
 
-    path = work / f"source-{skip}-{rows}.csv"
-    if not path.exists():
-        frame = pd.read_csv(data / "train.csv.gz", skiprows=range(1, skip + 1), nrows=rows)
-        frame.to_csv(path, index=False)
-    return path
-
-
-def cold_cache(base, folder: Path):
-    """``base`` tokenising into its own (wiped) folder: no study starts with warm tokens."""
-    copy = base.model_copy(deep=True)
-    copy.data.cache_dir = str(folder / "token-cache")
-    return copy
+    paths = work / f"source-{skip}-{rows}.csv", work / f"source-eval-{skip}-{rows}-{evals}.csv"
+    if not all(p.exists() for p in paths):
+        frame = pd.read_csv(data / "train.csv.gz", skiprows=range(1, skip + 1), nrows=rows + evals)
+        frame.iloc[:rows].to_csv(paths[0], index=False)
+        frame.iloc[rows:].to_csv(paths[1], index=False)
+    return paths
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
     threads = args.threads or default_threads()
+    args.workers = min(args.workers, threads)  # one thread per worker at least, as in bench
     quiet_libraries(threads)
     sizes = sizes_from(args)
     work = args.work.resolve()
@@ -90,13 +87,17 @@ def main(argv: list[str] | None = None) -> int:
     base = study_config(sizes, train_csv, eval_csv, backbone, work / "token-cache")
     skip = sizes.train_rows + sizes.eval_rows
     source_base = base.model_copy(deep=True)
-    source_base.data.train = str(source_slice(args.data, work, skip, args.source_rows))
+    train, validation = source_slices(args.data, work, skip, args.source_rows, sizes.eval_rows)
+    source_base.data.train, source_base.data.validation = str(train), str(validation)
+    # An earlier search of its own: with the workload's seed its first random trials would
+    # be the cold study's too, and the warm start would enqueue what cold tries anyway.
+    source_base.study.sampler.seed += 1
     kw = {"workers": args.workers, "threads": threads, "budget_seconds": args.budget_seconds}
 
     started = time.perf_counter()
     print(f"[source] {args.source_rows} other rows, {args.budget_seconds:.0f} s ...", flush=True)
     source = run_focaltune(
-        cold_cache(source_base, work / "source"), work / "source", name="source", **kw
+        with_cache(source_base, work / "source"), work / "source", name="source", **kw
     )
     url = f"sqlite:///{work / 'source' / 'focaltune.db'}"
 
@@ -105,9 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     warm_params = best_params(old, args.top)
     print("[cold] ...", flush=True)
-    cold = run_focaltune(cold_cache(base, work / "cold"), work / "cold", name="cold", **kw)
+    cold = run_focaltune(with_cache(base, work / "cold"), work / "cold", name="cold", **kw)
     print(f"[warm] top {args.top} of the source enqueued ...", flush=True)
-    warm_base = cold_cache(base, work / "warm")
+    warm_base = with_cache(base, work / "warm")
     warm = run_focaltune(warm_base, work / "warm", name="warm", warm_start=warm_params, **kw)
     result = summary([cold, warm], args.budget_seconds)
     result |= {

@@ -123,6 +123,14 @@ def study_config(
     return parse_study_config(raw, "benchmark config")
 
 
+def with_cache(base: Any, folder: Path) -> Any:
+    """A copy of ``base`` tokenising into ``folder``: each search starts from a cold cache
+    (and may change its copy)."""
+    copy = base.model_copy(deep=True)
+    copy.data.cache_dir = str(folder / "token-cache")
+    return copy
+
+
 def machine() -> dict[str, Any]:
     """What the numbers were measured on."""
     import torch
