@@ -68,7 +68,7 @@ search: install runs/backbone/config.json demo-config
 	$(BIN)/focaltune export --storage $(DB) --study $(DEMO) --out runs/final.yaml
 	@echo "exported config: runs/final.yaml"
 
-# Benchmark (not a test): focaltune against the searches users would pick instead, overheads. ~30 min.
+# Benchmark (not a test): focaltune against the searches users would pick instead, overheads. ~25 min.
 bench: install
 	$(BIN)/python benchmarks/bench.py --out runs/bench.json
 

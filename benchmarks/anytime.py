@@ -124,6 +124,7 @@ def plot(runs: list[AnytimeRun], budget: float, target: float | None, path: Path
         ax.step(xs, ys, where="post", label=run.name)
     if target is not None:
         ax.axhline(100 * target, color="grey", linestyle=":", label="target (best - 0.5 pt)")
+        ax.set_ylim(bottom=max(ax.get_ylim()[0], 100 * target - 10))  # a first bad trial aside
     ax.set_xlabel("wall seconds since the search started")
     ax.set_ylabel("best validation accuracy so far, %")
     ax.set_xlim(0, budget)
