@@ -40,6 +40,7 @@ from transformers import (
 from benchmarks.anytime import AnytimeRun, from_study
 from search.config import StudyConfig
 from search.space import suggest
+from trainer.config import TrainConfig
 from trainer.data import load_splits
 from trainer.focal import focal_loss, normalise_alpha
 from trainer.train import training_arguments
@@ -59,27 +60,13 @@ class FocalArguments(TrainingArguments):
 def arguments(base: StudyConfig, out: Path) -> FocalArguments:
     """The product's arguments for this workload (batch size, schedule, seed), evaluated
     every epoch as this API's pruning needs, with the Trainer's default random batches."""
-    cfg = suggest(optuna.trial.FixedTrial(_any_params(base)), base)
-    plain = training_arguments(cfg, str(out))
+    # Learning rate and epochs are the trial's: hp_space sets them.
+    plain = training_arguments(
+        TrainConfig(data=base.data, model=base.model, train=base.train), str(out)
+    )
     fields = {f.name: getattr(plain, f.name) for f in dataclasses.fields(plain) if f.init}
     fields |= {"eval_strategy": "epoch", "train_sampling_strategy": "random"}
     return FocalArguments(**fields)
-
-
-def _any_params(base: StudyConfig) -> dict[str, Any]:
-    """Some valid trial params (the lows), only to build the shared arguments."""
-    s = base.space
-    params = {
-        "focal_gamma": s.focal_gamma.low,
-        "label_smoothing": s.label_smoothing.low,
-        "learning_rate": s.learning_rate.low,
-        "epochs": s.epochs.low,
-    }
-    if s.focal_alpha is not None:
-        params |= {f"focal_alpha_{k}": s.focal_alpha.low for k in range(len(base.data.labels))}
-    if s.backbones:
-        params["backbone"] = s.backbones[0]
-    return params
 
 
 def hp_space(base: StudyConfig):

@@ -15,32 +15,21 @@ from typing import Any
 def retrain_on_test(base: Any, params: dict[str, Any], test_csv: Path) -> dict[str, float]:
     """``params`` trained once on the workload's rows (the epoch best on validation kept),
     then scored on ``test_csv``."""
-    import numpy as np
-    import pandas as pd
+    from transformers import AutoTokenizer
 
     from search.space import params_to_config
+    from trainer.data import load_labelled
     from trainer.final.predict import predict_probs
-    from trainer.loading import quiet_loading
     from trainer.train import train_model
 
     cfg = params_to_config(params, base)
     result = train_model(cfg, keep_best_weights=True)
-    with quiet_loading():
-        result.model.load_state_dict(result.best_weights)
-    test = pd.read_csv(test_csv)
-    texts = test[cfg.data.text_column].astype(str).tolist()
-    tokenizer = _tokenizer(cfg.model.name_or_path)
+    result.model.load_state_dict(result.best_weights)
+    texts, truth = load_labelled(str(test_csv), cfg.data, result.label_names, what="test rows")
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model.name_or_path)
     probs = predict_probs(result.model, tokenizer, texts, max_length=cfg.data.max_length)
-    names = [str(n) for n in result.label_names]
-    truth = np.array([names.index(str(v)) for v in test[cfg.data.label_column]])
     return {
         "test_accuracy": float((probs.argmax(1) == truth).mean()),
         "validation_accuracy": result.best.accuracy,
         "best_epoch": result.best.epoch,
     }
-
-
-def _tokenizer(path: str) -> Any:
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(path)

@@ -15,6 +15,7 @@ apart: it is what a user already spent.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -55,19 +56,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def source_slices(data: Path, work: Path, skip: int, rows: int, evals: int) -> tuple[Path, Path]:
-    """``rows`` training and ``evals`` validation reviews of nsmc4's train file after the first
-    ``skip``: the source study neither trains nor chooses on the workload's rows."""
-    import pandas as pd
-
-    paths = work / f"source-{skip}-{rows}.csv", work / f"source-eval-{skip}-{rows}-{evals}.csv"
-    if not all(p.exists() for p in paths):
-        frame = pd.read_csv(data / "train.csv.gz", skiprows=range(1, skip + 1), nrows=rows + evals)
-        frame.iloc[:rows].to_csv(paths[0], index=False)
-        frame.iloc[rows:].to_csv(paths[1], index=False)
-    return paths
-
-
 def main(argv: list[str] | None = None) -> int:
     import optuna
 
@@ -87,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     base = study_config(sizes, train_csv, eval_csv, backbone, work / "token-cache")
     skip = sizes.train_rows + sizes.eval_rows
     source_base = base.model_copy(deep=True)
-    train, validation = source_slices(args.data, work, skip, args.source_rows, sizes.eval_rows)
+    source_sizes = dataclasses.replace(sizes, train_rows=args.source_rows)
+    train, validation = write_slices(args.data, work, source_sizes, skip=skip)
     source_base.data.train, source_base.data.validation = str(train), str(validation)
     # An earlier search of its own: with the workload's seed its first random trials would
     # be the cold study's too, and the warm start would enqueue what cold tries anyway.

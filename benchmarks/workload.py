@@ -52,16 +52,19 @@ class Sizes:
         return max(1, self.hidden // 64)
 
 
-def write_slices(data_dir: Path, work: Path, sizes: Sizes) -> tuple[Path, Path]:
-    """Train rows [0, n) and eval rows [n, n + m) of nsmc4's train file, as two CSVs."""
+def write_slices(data_dir: Path, work: Path, sizes: Sizes, skip: int = 0) -> tuple[Path, Path]:
+    """Train rows [s, s + n) and eval rows [s + n, s + n + m) of nsmc4's train file, as two
+    CSVs, with s = ``skip``."""
     source = data_dir / "train.csv.gz"
     if not source.is_file():
         raise SystemExit(f"bench: {source} not found; pass --data with the nsmc4 folder")
-    train = work / f"train-{sizes.train_rows}.csv"
-    evals = work / f"eval-{sizes.train_rows}-{sizes.eval_rows}.csv"
+    after = f"-after-{skip}" if skip else ""
+    train = work / f"train-{sizes.train_rows}{after}.csv"
+    evals = work / f"eval-{sizes.train_rows}-{sizes.eval_rows}{after}.csv"
     if not (train.exists() and evals.exists()):
         work.mkdir(parents=True, exist_ok=True)
-        rows = pd.read_csv(source, nrows=sizes.train_rows + sizes.eval_rows)
+        skipped = range(1, skip + 1)  # row 0 is the header
+        rows = pd.read_csv(source, skiprows=skipped, nrows=sizes.train_rows + sizes.eval_rows)
         if len(rows) < sizes.train_rows + sizes.eval_rows:
             raise SystemExit(f"bench: {source} has only {len(rows)} rows")
         rows.iloc[: sizes.train_rows].to_csv(train, index=False)

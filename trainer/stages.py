@@ -96,10 +96,6 @@ class StagePlan:
     def eval_points(self) -> list[int]:
         return sorted(self.schedule())
 
-    def epochs_at(self, step: int) -> float:
-        """The epoch of the evaluation after optimizer step ``step``."""
-        return self.schedule()[step]
-
 
 class StagedSampler(Sampler[int]):
     """The segments of a ``StagePlan`` one after another, each shuffled (grouped by length

@@ -296,7 +296,8 @@ def train_model(
         steps_per_epoch = math.ceil(n_train / (t.batch_size * t.gradient_accumulation_steps))
         points = eval_points(steps_per_epoch, cfg.params.epochs, t.evals_per_epoch)
     else:
-        points, recorder.epoch_of = plan.eval_points(), plan.epochs_at
+        schedule = plan.schedule()  # evaluation step -> its epoch
+        points, recorder.epoch_of = sorted(schedule), schedule.__getitem__
     with tempfile.TemporaryDirectory(prefix="focaltune-run-") as scratch:
         trainer = build_trainer(
             cfg,
