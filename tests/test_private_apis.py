@@ -2,9 +2,10 @@
 
 There is no public API for these (each use site says why); an upgrade that renames or
 reshapes one must fail here, loudly, instead of quietly switching off what it serves:
-outage tolerance, the death-before-heartbeat check, fast dashboard notes, one-transaction
-user attributes, in-order evaluation, length-grouped batches from the cached lengths and
-the masks of a resumed MLM pretraining.
+outage tolerance, the death-before-heartbeat check, a stale trial's failure and retry in
+one transaction, fast dashboard notes, one-transaction user attributes, in-order
+evaluation, length-grouped batches from the cached lengths and the masks of a resumed MLM
+pretraining.
 """
 
 from __future__ import annotations
@@ -24,9 +25,19 @@ SIGNATURES = [
     ("optuna.storages", "RDBStorage._set_trial_param",
      ["self", "trial_id", "param_name", "param_value_internal", "distribution",
       "previous_distribution"]),
-    # storage/stale.py queries trials that never beat.
+    # storage/stale.py queries trials that never beat, and fails a stale trial and inserts
+    # its retry in one transaction: Optuna's locks, its insert and its reading of a trial.
     ("optuna.storages._rdb.storage", "_create_scoped_session",
      ["scoped_session", "ignore_integrity_error"]),
+    ("optuna.storages._rdb.models", "StudyModel.find_or_raise_by_id",
+     ["study_id", "session", "for_update"]),
+    ("optuna.storages._rdb.models", "TrialModel.find_or_raise_by_id",
+     ["trial_id", "session", "for_update"]),
+    ("optuna.storages", "RDBStorage._get_prepared_new_trial",
+     ["self", "study_id", "template_trial", "session"]),
+    ("optuna.storages", "RDBStorage._build_frozen_trial_from_trial_model", ["self", "trial"]),
+    ("optuna.storages", "RetryHeartbeatStaleTrialCallback.__init__",
+     ["self", "max_retry", "inherit_intermediate_values"]),
     # storage/attrs.py: a trial's user attributes in one transaction.
     ("optuna.storages", "RDBStorage._set_trial_attr_without_commit",
      ["self", "session", "model_cls", "trial_id", "key", "value"]),
@@ -88,3 +99,11 @@ def test_trial_and_study_ids_notes_py_reads(tmp_path) -> None:
     trial = optuna.create_study(storage=storage).ask()
     assert isinstance(trial._trial_id, int) and isinstance(trial.study._study_id, int)
     assert callable(storage.scoped_session)  # the session factory stale.py opens
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_the_retry_callback_settings_stale_py_reads() -> None:
+    # storage/stale.py applies the callback's rule itself, inside its transaction.
+    callback = optuna.storages.RetryHeartbeatStaleTrialCallback(3, inherit_intermediate_values=True)
+    assert callback._max_retry == 3 and callback._inherit_intermediate_values is True
+    assert optuna.storages.RetryHeartbeatStaleTrialCallback()._max_retry is None
