@@ -19,7 +19,6 @@ from search.space import hyperparams_to_params
 from search.warm import map_params
 from storage import describe, open_storage
 from trainer.config import DataConfig
-from trainer.data import load_splits
 from trainer.errors import BadInput
 
 log = logging.getLogger(__name__)
@@ -29,6 +28,8 @@ SCHEMA_ATTR = "focaltune:schema_version"
 
 def resolve_config(cfg: StudyConfig) -> StudyConfig:
     """Check the data (before anything is created) and pin what workers need to agree on."""
+    from trainer.data import load_splits  # pandas: only for creating, not for every worker
+
     data = cfg.data.model_copy()
     for key in ("train", "validation", "test"):
         value = getattr(data, key)

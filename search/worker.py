@@ -13,23 +13,22 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import optuna
 import sqlalchemy.exc
 from optuna.trial import FrozenTrial, TrialState
 
 from search.config import StudyConfig
-from search.objective import TRIAL_ERRORS, free_memory, make_objective
-from search.reporting import make_trial_reporter
 from search.stop import StopSignals
 from search.study import load_existing, make_pruner, make_sampler, stored_config
 from storage import open_storage
+from storage.counts import count_below, state_counts
 from storage.errors import StorageUnreachable
 from storage.outage import OutageTolerantStorage, is_connection_error, unreachable_in
-from trainer.data import load_splits
+from storage.rdb import set_heartbeat
+from storage.stale import fail_stale_trials
 
 log = logging.getLogger(__name__)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -45,20 +44,39 @@ class WorkerSummary:
     stopped_by: str
 
 
+@dataclass
+class TrialRunner:
+    """What a worker runs per trial: the objective, the errors that fail only the trial
+    (the worker goes on), and what to do after each trial."""
+
+    objective: Callable[[optuna.Trial], float]
+    errors: tuple[type[Exception], ...] = ()
+    after_trial: Callable[[], None] = field(default=lambda: None)
+
+
+def training_runner(cfg: StudyConfig, study: optuna.Study, url: str) -> TrialRunner:
+    """The product's runner: train a classifier per trial."""
+    # Imported here, not at the top: torch and transformers are the objective's, not the
+    # loop's, and a synthetic objective (benchmarks/scale.py) runs 128 loops without them.
+    from search.objective import TRIAL_ERRORS, free_memory, make_objective
+    from search.reporting import make_trial_reporter
+    from trainer.data import load_splits
+
+    reporter = make_trial_reporter(study, cfg, url)
+    objective = make_objective(cfg, load_splits(cfg.data), on_trial_end=reporter)
+    return TrialRunner(objective, TRIAL_ERRORS, free_memory)
+
+
 def open_study(
     url: str, name: str, worker_index: int
 ) -> tuple[optuna.Study, StudyConfig, OutageTolerantStorage]:
     """Load the study with a heartbeat storage set up from the study's own config."""
-    reader_storage = open_storage(url, heartbeat_interval=None, existing=True)
-    cfg = stored_config(load_existing(url, name, reader_storage))
-    reader_storage.engine.dispose()  # one pool per worker: the heartbeat storage's, below
+    # One storage, one pool: its heartbeat settings are the study's, read through it first
+    # (no trial runs before they are set), so a worker opens just its 2 connections.
+    storage = open_storage(url, existing=True)
+    cfg = stored_config(load_existing(url, name, storage))
     s = cfg.study
-    storage = open_storage(
-        url,
-        heartbeat_interval=s.heartbeat_interval,
-        grace_period=s.grace_period,
-        max_retry=s.max_retry,
-    )
+    set_heartbeat(storage, s.heartbeat_interval, s.grace_period, s.max_retry)
     study = optuna.load_study(
         study_name=name,
         storage=storage,
@@ -69,10 +87,7 @@ def open_study(
 
 
 def counts(study: optuna.Study) -> dict[TrialState, int]:
-    result = dict.fromkeys(TrialState, 0)
-    for trial in study.get_trials(deepcopy=False):
-        result[trial.state] += 1
-    return result
+    return state_counts(study)  # counted in the database: loading trials grows as workers²
 
 
 def ahead_of(study: optuna.Study, number: int) -> int:
@@ -81,8 +96,7 @@ def ahead_of(study: optuna.Study, number: int) -> int:
     Waiting ones count too: a retry enqueued a moment before this trial was created is
     still waiting when this trial checks, and would otherwise run as one trial too many.
     """
-    states = (*FINISHED, TrialState.RUNNING, TrialState.WAITING)
-    return sum(1 for t in study.get_trials(deepcopy=False, states=states) if t.number < number)
+    return count_below(study, number, (*FINISHED, TrialState.RUNNING, TrialState.WAITING))
 
 
 def trial_line(trial: FrozenTrial) -> str:
@@ -109,12 +123,12 @@ def run_worker(
     timeout: float | None = None,
     poll_seconds: float = 2.0,
     echo: Callable[[str], None] = print,
+    make_runner: Callable[[StudyConfig, optuna.Study, str], TrialRunner] = training_runner,
 ) -> WorkerSummary:
     """Run trials of study ``name`` until its budget, ``n_trials`` or ``timeout`` is reached."""
     study, cfg, storage = open_study(url, name, worker_index)
     budget = cfg.study.n_trials
-    splits = load_splits(cfg.data)
-    objective = make_objective(cfg, splits, on_trial_end=make_trial_reporter(study, cfg, url))
+    runner = make_runner(cfg, study, url)
     current: dict[str, optuna.Trial] = {}
     stops = StopSignals()
 
@@ -124,7 +138,7 @@ def run_worker(
             if ahead_of(study, trial.number) >= budget:
                 trial.set_user_attr("end_reason", "not run: the budget was met by other trials")
                 raise BudgetReached(f"budget {budget} met")
-            return objective(trial)
+            return runner.objective(trial)
 
     def announce(_study: optuna.Study, trial: FrozenTrial) -> None:
         echo(trial_line(trial))
@@ -145,10 +159,9 @@ def run_worker(
                     continue
                 if step == "done":
                     return WorkerSummary(ran, "budget")
-                study.optimize(
-                    guarded, n_trials=1, catch=(*TRIAL_ERRORS, BudgetReached), callbacks=[announce]
-                )
-                free_memory()  # here, once the trial's exception (if any) is gone
+                catch = (*runner.errors, BudgetReached)
+                study.optimize(guarded, n_trials=1, catch=catch, callbacks=[announce])
+                runner.after_trial()  # here, once the trial's exception (if any) is gone
                 current.clear()  # finished: a later stop must not retry it
                 ran += 1
             except STORAGE_ERRORS as err:
@@ -177,9 +190,7 @@ STORAGE_ERRORS = (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlch
 def next_step(study: optuna.Study, budget: int) -> str:
     """ "done" when the budget is met, "wait" while running trials may still cover it,
     "run" otherwise; fails stale trials (their retries are WAITING) first."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # used on purpose
-        optuna.storages.fail_stale_trials(study)
+    fail_stale_trials(study)  # each failure and its retry in one transaction
     c = counts(study)
     done = c[TrialState.COMPLETE] + c[TrialState.PRUNED]
     if done >= budget:

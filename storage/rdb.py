@@ -3,7 +3,9 @@
 SQLite: WAL journal (readers never block the writer; persistent in the file) and a busy
 timeout on every connection, because Optuna sets neither and parallel workers otherwise
 fail with "database is locked" (optuna#820). PostgreSQL: a small pool per worker with
-``pool_pre_ping``, so a restarted server or a dropped idle connection is not fatal.
+``pool_pre_ping``, so a restarted server or a dropped idle connection is not fatal, and
+no server-side prepared statements, so the same URL works through PgBouncer's
+transaction pooling (1.18 cannot route them; the README's "Many workers" section).
 Nothing is cached at module level: every worker process opens its own engine.
 """
 
@@ -54,11 +56,7 @@ def open_storage(
     Raises:
         BadStorage: the URL is malformed, or the database cannot be opened or written.
     """
-    if heartbeat_interval is not None and not 0 < heartbeat_interval < grace_period:
-        raise ValueError(
-            f"heartbeat_interval={heartbeat_interval} and grace_period={grace_period}: need "
-            "0 < heartbeat_interval < grace_period, or live trials are failed as stale"
-        )
+    check_heartbeat(heartbeat_interval, grace_period)
     limit = outage_limit() if outage_seconds is None else outage_seconds  # before any file
     url = normalize_url(url)
     path = sqlite_path(url)
@@ -70,27 +68,44 @@ def open_storage(
         )
     if path is not None:
         prepare_sqlite(path)
-    with warnings.catch_warnings():
-        # Heartbeats and the retry callback are marked experimental; we use them on purpose.
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        heartbeat: dict[str, Any] = {}
-        if heartbeat_interval is not None:
-            heartbeat = {
-                "heartbeat_interval": heartbeat_interval,
-                "grace_period": grace_period,
-                "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(
-                    max_retry=max_retry
-                ),
-            }
-        try:
-            storage = OutageTolerantStorage(
-                url, engine_kwargs=engine_kwargs(url, pool_size), **heartbeat
-            )
-        except (sqlalchemy.exc.SQLAlchemyError, ImportError) as err:
-            raise BadStorage(_connection_message(url, err)) from err
+    try:
+        storage = OutageTolerantStorage(url, engine_kwargs=engine_kwargs(url, pool_size))
+        if heartbeat_interval is not None and path is None:
+            hold_connections(storage, pool_size)
+    except optuna.exceptions.StorageInternalError as err:
+        # Optuna's wrapping of a failed query (its schema check): the driver's reason.
+        raise BadStorage(_connection_message(url, err.__cause__ or err)) from err
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError) as err:
+        raise BadStorage(_connection_message(url, err)) from err
+    if heartbeat_interval is not None:
+        set_heartbeat(storage, heartbeat_interval, grace_period, max_retry)
     # A SQLite file has no server to come back; its lock waits are the busy timeout's job.
     storage.outage_seconds = 0 if path is not None else limit
     return storage
+
+
+def check_heartbeat(interval: int | None, grace_period: int) -> None:
+    if interval is not None and not 0 < interval < grace_period:
+        raise ValueError(
+            f"heartbeat_interval={interval} and grace_period={grace_period}: need "
+            "0 < heartbeat_interval < grace_period, or live trials are failed as stale"
+        )
+
+
+def set_heartbeat(
+    storage: optuna.storages.RDBStorage, interval: int, grace_period: int, max_retry: int
+) -> None:
+    """Give an open storage heartbeats and the retry of stale trials, as the constructor's
+    arguments of the same names would: a worker learns them from the study it has loaded
+    through this same storage, so it needs no second engine (nor its connections) to read them.
+    """
+    check_heartbeat(interval, grace_period)
+    with warnings.catch_warnings():
+        # The retry callback is marked experimental; we use it on purpose.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+    storage.heartbeat_interval, storage.grace_period = interval, grace_period
+    storage.heartbeat_stale_trial_callback = storage.failed_trial_callback = retry
 
 
 def engine_kwargs(url: str, pool_size: int = 2) -> dict[str, Any]:
@@ -107,8 +122,27 @@ def engine_kwargs(url: str, pool_size: int = 2) -> dict[str, Any]:
         kwargs["connect_args"] = {
             "connect_timeout": CONNECT_TIMEOUT_S,
             "application_name": "focaltune",
+            # psycopg prepares a statement after 5 runs; through PgBouncer in transaction
+            # mode the next transaction may land on a server that never saw it.
+            "prepare_threshold": None,
         }
     return kwargs
+
+
+def hold_connections(storage: optuna.storages.RDBStorage, n: int) -> None:
+    """Open the worker's ``n`` pooled connections now (the trial's and the heartbeat's).
+
+    A server at its connection limit then refuses the worker before it creates a trial,
+    rather than the heartbeat thread later, which would leave its trial RUNNING until
+    another worker's grace period runs out.
+    """
+    connections = []
+    try:
+        for _ in range(n):
+            connections.append(storage.engine.connect())
+    finally:
+        for connection in connections:
+            connection.close()  # back to the pool, still open
 
 
 def prepare_sqlite(path: Path) -> None:
@@ -149,6 +183,14 @@ def _connection_message(url: str, err: BaseException) -> str:
 
 def _hint(reason: str, url: str) -> str:
     text = reason.lower()
+    if "too many clients" in text or "connection slots are reserved" in text:
+        return (
+            "the server's connection limit (max_connections) is reached; each worker holds 2 "
+            "connections: route workers through PgBouncer (README 'Many workers'; `make "
+            "db-up` starts one locally) or raise max_connections or run fewer workers"
+        )
+    if "max_client_conn" in text:
+        return "PgBouncer's client limit is reached: raise max_client_conn in pgbouncer.ini"
     if "password" in text or "authentication" in text:
         return "check the user name and password in the storage URL"
     if "does not exist" in text and "database" in text:

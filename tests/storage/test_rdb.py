@@ -20,7 +20,12 @@ import pytest
 import sqlalchemy as sa
 
 from storage.errors import BadStorage
-from storage.rdb import SQLITE_BUSY_TIMEOUT_S, open_storage, warn_if_sqlite_crowded
+from storage.rdb import (
+    SQLITE_BUSY_TIMEOUT_S,
+    open_storage,
+    set_heartbeat,
+    warn_if_sqlite_crowded,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -176,9 +181,23 @@ def test_unknown_database_is_bad_storage_with_a_hint(postgres_url: str) -> None:
         open_storage(url.render_as_string(hide_password=False))
 
 
+def test_heartbeats_can_be_given_to_an_open_storage() -> None:
+    # A worker reads the study's heartbeat settings through the storage it then runs on.
+    storage = open_storage("sqlite:///:memory:", heartbeat_interval=None)
+    assert storage.get_heartbeat_interval() is None
+    set_heartbeat(storage, 2, 6, max_retry=1)
+    assert storage.get_heartbeat_interval() == 2 and storage.grace_period == 6
+    assert storage.get_heartbeat_stale_trial_callback()._max_retry == 1
+    with pytest.raises(ValueError, match="grace_period=6"):
+        set_heartbeat(storage, 6, 6, max_retry=1)
+
+
 @pytest.mark.postgres
 def test_postgres_storage_uses_a_small_pool(postgres_url: str) -> None:
     storage = open_storage(postgres_url, pool_size=2)
+    # Both connections are open from the start: a full server refuses the worker now,
+    # not its heartbeat thread in the middle of a trial.
+    assert storage.engine.pool.checkedin() == 2
     study = optuna.create_study(storage=storage, study_name="pool")
     study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=3)
     assert len(study.trials) == 3
