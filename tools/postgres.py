@@ -1,7 +1,9 @@
 """A real, local PostgreSQL server for development and tests.
 
 ``python -m tools.postgres up`` (``make db-up``) starts one with its state in
-``./.focaltune-pg/`` and prints its storage URL; ``... down`` (``make db-down``) stops it.
+``./.focaltune-pg/`` and prints its storage URL, and starts PgBouncer in front of it when it
+is installed (its URL, for many workers, in ``./.focaltune-pg/pooled-url``); ``... down``
+(``make db-down``) stops both.
 It listens on 127.0.0.1 only, with password (scram-sha-256) login for the superuser
 ``focaltune``. PostgreSQL refuses to run as root, so then it runs as the ``postgres`` user.
 """
@@ -41,18 +43,27 @@ class LocalPostgres:
     """A PostgreSQL server whose state (data, log, password, port) lives under ``root``.
 
     ``port=None`` reuses the last port when it is free, else picks a free one; ``password``
-    is the superuser's for a new cluster (default: generated and kept in ``root``).
+    is the superuser's for a new cluster (default: generated and kept in ``root``);
+    ``settings`` are server settings for this start, e.g. ``{"max_connections": "50"}``.
     """
 
-    def __init__(self, root: Path, *, port: int | None = None, password: str | None = None):
+    def __init__(
+        self,
+        root: Path,
+        *,
+        port: int | None = None,
+        password: str | None = None,
+        settings: dict[str, str] | None = None,
+    ):
         self.root = Path(root).absolute()
+        self.settings = dict(settings or {})
         state = self._read_state()
         stored = state.get("password")
         if password is not None and stored is not None and password != stored:
             raise ValueError(f"{self.root} already holds a cluster with another password")
         self.password: str = password or stored or secrets.token_urlsafe(24)
         stored_port = state.get("port")
-        self.port = port or (_bind(stored_port) if isinstance(stored_port, int) else None)
+        self.port = port or (free_port(stored_port) if isinstance(stored_port, int) else None)
         self._as_root = os.geteuid() == 0
 
     def start(self) -> LocalPostgres:
@@ -63,7 +74,7 @@ class LocalPostgres:
             home = self._prepare_home()
             if not (home / "data" / "PG_VERSION").exists():
                 self._initdb(home)
-            self.port = self.port or _bind()
+            self.port = self.port or free_port()
             self._start_server(home)
         self._ensure_database(SUPERUSER)
         self._write_state()
@@ -147,22 +158,22 @@ class LocalPostgres:
         link.mkdir(mode=0o700)
         if not self._as_root:
             return link
-        _chown_to_server_user(link)
+        chown_to_server_user(link)
         if self._run(["test", "-w", str(link)], check=False).returncode == 0:
             return link
         # A parent folder the server user cannot enter (pytest's private tmp folders are 0700):
         # use a private folder under /tmp instead and leave a link to it in root.
         link.rmdir()
         home = Path(tempfile.mkdtemp(prefix="focaltune-pg-"))
-        _chown_to_server_user(home)
+        chown_to_server_user(home)
         link.symlink_to(home, target_is_directory=True)
         return home
 
     def _initdb(self, home: Path) -> None:
         pwfile = home / "pwfile"
-        _write_private(pwfile, self.password + "\n")
+        write_private(pwfile, self.password + "\n")
         if self._as_root:
-            _chown_to_server_user(pwfile)
+            chown_to_server_user(pwfile)
         auth = ["--auth", "scram-sha-256", "-E", "UTF8", "--no-locale", "--no-sync"]
         try:
             self._pg("initdb", "-D", home / "data", "-U", SUPERUSER, "--pwfile", pwfile, *auth)
@@ -173,10 +184,12 @@ class LocalPostgres:
         sockets = home / "run"
         sockets.mkdir(exist_ok=True)
         if self._as_root:
-            _chown_to_server_user(sockets)
+            chown_to_server_user(sockets)
         # Unix socket paths are limited to ~107 bytes; TCP alone is enough for us.
         socket_dir = str(sockets) if len(str(sockets)) < 80 else ""
         options = f"-p {self.port} -k {shlex.quote(socket_dir)} -c listen_addresses=127.0.0.1"
+        for key, value in self.settings.items():
+            options += f" -c {key}={shlex.quote(str(value))}"
         log = home / "server.log"
         start = ["start", "-D", home / "data", "-l", log, "-w", "-t", "60", "-o", options]
         if self._pg("pg_ctl", *start, check=False).returncode != 0:
@@ -196,7 +209,7 @@ class LocalPostgres:
     def _run(self, command: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run ``command``, as the server user when we are root."""
         if self._as_root:
-            command = _as_server_user(command)
+            command = as_server_user(command)
         # cwd="/": the server user may not be allowed into our working folder.
         result = subprocess.run(command, capture_output=True, text=True, cwd="/", check=False)
         if check and result.returncode != 0:
@@ -209,13 +222,13 @@ class LocalPostgres:
         return json.loads(path.read_text()) if path.exists() else {}
 
     def _write_state(self) -> None:
-        _write_private(
+        write_private(
             self.root / "state.json", json.dumps({"port": self.port, "password": self.password})
         )
-        _write_private(self.root / "url", self.url() + "\n")
+        write_private(self.root / "url", self.url() + "\n")
 
 
-def _write_private(path: Path, text: str) -> None:
+def write_private(path: Path, text: str) -> None:
     # Created 0600: the file holds the superuser's password.
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as file:
@@ -237,13 +250,13 @@ def _binary(program: str) -> str:
     return str(candidates[-1])
 
 
-def _as_server_user(command: list[str]) -> list[str]:
+def as_server_user(command: list[str]) -> list[str]:
     if shutil.which("runuser"):
         return ["runuser", "-u", SERVER_USER, "--", *command]
     return ["su", SERVER_USER, "-s", "/bin/sh", "-c", shlex.join(command)]
 
 
-def _chown_to_server_user(path: Path) -> None:
+def chown_to_server_user(path: Path) -> None:
     try:
         user = pwd.getpwnam(SERVER_USER)
     except KeyError:
@@ -260,7 +273,7 @@ def _chown_to_server_user(path: Path) -> None:
     os.chown(path, user.pw_uid, user.pw_gid)
 
 
-def _bind(port: int = 0) -> int | None:
+def free_port(port: int = 0) -> int | None:
     """Bind 127.0.0.1:``port`` for a moment: the port got (a free one for 0), None if taken."""
     with socket.socket() as probe:
         try:
@@ -268,6 +281,31 @@ def _bind(port: int = 0) -> int | None:
         except OSError:
             return None
         return probe.getsockname()[1]
+
+
+def start_pooler(server: LocalPostgres) -> None:
+    """PgBouncer in front of ``server``, if installed; its URL goes to ``pooled-url``."""
+    from tools.pgbouncer import PROGRAM, LocalPgBouncer  # it builds on this module
+
+    if not Path(PROGRAM).exists():
+        print(
+            f"no PgBouncer ({PROGRAM}): apt-get install -y pgbouncer for many workers",
+            file=sys.stderr,
+        )
+        return
+    pooler = LocalPgBouncer(server).start()
+    write_private(server.root / "pooled-url", pooler.url() + "\n")
+    print(
+        f"PgBouncer on 127.0.0.1:{pooler.port} (transaction pooling, {pooler.pool_size} server "
+        f"connections); its URL is in {server.root / 'pooled-url'}",
+        file=sys.stderr,
+    )
+
+
+def stop_pooler(server: LocalPostgres) -> None:
+    from tools.pgbouncer import LocalPgBouncer
+
+    LocalPgBouncer(server).stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -282,8 +320,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.action == "up":
             server.start()
+            start_pooler(server)
             print(server.url())
         elif server.running():
+            stop_pooler(server)
             server.stop()
             print(f"stopped the PostgreSQL server in {server.root}", file=sys.stderr)
         else:
