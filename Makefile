@@ -5,13 +5,13 @@ BIN    := $(VENV)/bin
 # The CPU wheel of torch lies on this kind of machine; elsewhere pip picks the build for the host.
 TORCH  ?= $(if $(wildcard /opt/wheels/torch-2.13.0+cpu-*.whl),torch==2.13.0,torch>=2.4)
 
-.PHONY: install system-deps backbone demo-config search test test-fast lint format bench quality soak db-up db-down clean
+.PHONY: install system-deps backbone demo-config search test test-fast lint format bench quality soak scale db-up db-down clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH)"
-	$(BIN)/pip install --quiet -e ".[dev,bench]"
+	$(BIN)/pip install --quiet -e ".[dev,test,bench]"
 	touch $@
 
 install: $(BIN)/.installed
@@ -80,6 +80,10 @@ quality: install runs/backbone/config.json
 # Fault soak (not in `make test`, run by CI): 4 workers, random kill -9, PostgreSQL.
 soak: install
 	$(BIN)/python benchmarks/soak.py
+
+# Many workers (not a test): 8/32/128 synthetic workers, direct vs PgBouncer, ~25 min.
+scale: system-deps install
+	$(BIN)/python benchmarks/scale.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
