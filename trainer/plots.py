@@ -9,6 +9,9 @@ or threads. Every file is written atomically (temp file in the same folder, then
 
 from __future__ import annotations
 
+import functools
+import logging
+import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -22,20 +25,74 @@ from matplotlib.figure import Figure
 
 from trainer.files import atomic_file
 
-# Fonts with Hangul glyphs, used as fallbacks after DejaVu Sans when installed; label names
-# are often Korean. Without any of them the glyphs render as boxes (a warning we silence).
-_CJK_FAMILIES = ("Noto Sans CJK KR", "Noto Sans KR", "NanumGothic", "Malgun Gothic", "AppleGothic")
+log = logging.getLogger(__name__)
+
+# Fonts with Hangul glyphs, tried after DejaVu Sans (which draws the Latin text and digits
+# as before): label names are often Korean. NanumGothic comes from the Debian package
+# below (tools/system-deps.sh installs it); the others are what other systems may have.
+CJK_FAMILIES = (
+    "NanumGothic",
+    "NanumBarunGothic",
+    "Noto Sans CJK KR",
+    "Noto Sans KR",
+    "Malgun Gothic",
+    "AppleGothic",
+)
+CJK_PACKAGE = "fonts-nanum"
+_GLYPH_MISSING = r"Glyph \d+ .* missing from"
+_fonts_lock = threading.Lock()
+
+
+def _known_families() -> set[str]:
+    return {font.name for font in font_manager.fontManager.ttflist}
+
+
+def _add_new_system_fonts() -> None:
+    """Make matplotlib see fonts installed after its font list was cached.
+
+    matplotlib scans the system fonts once and keeps the list in its cache folder
+    (fontlist-v*.json) for every later process, so a font package installed afterwards stays
+    invisible until that file is deleted."""
+    known = {font.fname for font in font_manager.fontManager.ttflist}
+    for path in font_manager.findSystemFonts():
+        if path not in known:
+            try:
+                font_manager.fontManager.addfont(path)
+            except (OSError, RuntimeError, ValueError):  # a font file FreeType cannot read
+                continue
+
+
+@functools.cache
+def cjk_families() -> tuple[str, ...]:
+    """The Hangul-capable families installed here (looked up once per process); none: one
+    warning naming the package, and the plots draw Korean names as boxes."""
+    with _fonts_lock:
+        found = [name for name in CJK_FAMILIES if name in _known_families()]
+        if not found:
+            _add_new_system_fonts()
+            found = [name for name in CJK_FAMILIES if name in _known_families()]
+    if not found:
+        log.warning(
+            "no font with Hangul glyphs found (%s): Korean label names in plots are drawn as "
+            "boxes; install one with: apt-get install %s",
+            ", ".join(CJK_FAMILIES),
+            CJK_PACKAGE,
+        )
+    return tuple(found)
 
 
 def _font_families() -> list[str]:
-    installed = {font.name for font in font_manager.fontManager.ttflist}
-    return ["DejaVu Sans", *(name for name in _CJK_FAMILIES if name in installed)]
+    # Listed families, not font.sans-serif: matplotlib (>= 3.6) falls back glyph by glyph
+    # through font.family, so one label can mix Latin (DejaVu) and Hangul (Nanum).
+    return ["DejaVu Sans", *cjk_families()]
 
 
 @contextmanager
 def _plot_context() -> Iterator[None]:
     with warnings.catch_warnings(), matplotlib.rc_context({"font.family": _font_families()}):
-        warnings.filterwarnings("ignore", message=r"Glyph .* missing from font")
+        if not cjk_families():
+            # Already said once, with the fix; a warning per missing glyph would only repeat it.
+            warnings.filterwarnings("ignore", message=_GLYPH_MISSING)
         yield
 
 

@@ -39,14 +39,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PROBS = [f"prob_{k}" for k in range(4)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: torch's intra-op threads cost more than they give, and on a busy 2-core
-    # machine they contend (a 2-layer training run measured 7x slower with 2 threads).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: tests/trainer/conftest.py
 
 
 def final_config(backbone: Path, nsmc_csv, cache: Path, n_train: int, **extra) -> FinalConfig:

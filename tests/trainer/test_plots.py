@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import re
 import warnings
 from pathlib import Path
 
@@ -9,10 +11,11 @@ import matplotlib.image
 import numpy as np
 import pytest
 
+import trainer.plots as plots
 from trainer.plots import class_distribution_png, confusion_matrix_png
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# The nsmc4 classes by name, in Korean as users may label them (no Hangul font here).
+# The nsmc4 classes by name, in Korean as users may label them.
 KOREAN = ["매우 부정", "부정", "긍정", "매우 긍정"]
 CONFUSION = [[50, 10, 3, 1], [12, 40, 9, 2], [2, 8, 45, 11], [0, 1, 14, 60]]
 
@@ -80,6 +83,61 @@ def test_failed_write_removes_its_temp_file(tmp_path: Path) -> None:
         confusion_matrix_png(CONFUSION, KOREAN, blocked)
     assert [p.name for p in tmp_path.iterdir()] == ["confusion.png"]
     assert blocked.is_dir() and not any(blocked.iterdir())
+
+
+# matplotlib's warning for a character no font in the list can draw (drawn as a box):
+# "Glyph 48512 (\N{HANGUL SYLLABLE BU}) missing from font(s) DejaVu Sans." (3.11), or
+# "... missing from current font." (older versions).
+GLYPH_MISSING = re.compile(r"Glyph \d+ \(.*\) missing from")
+
+
+def missing_glyphs(path: Path) -> list[str]:
+    """The missing-glyph warnings drawing a Korean-labelled confusion matrix raises."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        confusion_matrix_png(CONFUSION, KOREAN, path, title="부정 중립 긍정")
+    read_png(path)
+    return [str(w.message) for w in caught if GLYPH_MISSING.search(str(w.message))]
+
+
+@pytest.fixture
+def fresh_font_lookup():
+    # The Hangul font lookup runs once per process; tests that fake it start and end clean.
+    plots.cjk_families.cache_clear()
+    yield
+    plots.cjk_families.cache_clear()
+
+
+def test_korean_label_names_are_drawn_with_a_hangul_font(tmp_path: Path) -> None:
+    assert plots.cjk_families(), (
+        f"no Hangul font: run `make system-deps` (apt-get install {plots.CJK_PACKAGE})"
+    )
+    assert missing_glyphs(tmp_path / "korean.png") == []
+
+
+def test_without_a_hangul_font_in_the_list_the_glyph_warnings_appear(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The control for the test above: the same drawing with DejaVu Sans alone does warn, so
+    # an empty list there means the Hangul font drew the names, not that nothing warned.
+    assert plots.cjk_families(), f"apt-get install {plots.CJK_PACKAGE}"
+    monkeypatch.setattr(plots, "_font_families", lambda: ["DejaVu Sans"])
+    missing = missing_glyphs(tmp_path / "boxes.png")
+    assert missing and all("HANGUL" in message for message in missing), missing
+
+
+def test_a_missing_hangul_font_is_one_logged_warning_naming_the_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog, fresh_font_lookup
+) -> None:
+    monkeypatch.setattr(plots, "CJK_FAMILIES", ("No Such Hangul Font",))
+    with caplog.at_level(logging.WARNING, logger="trainer.plots"):
+        for name in ("a.png", "b.png"):
+            # Drawn with boxes, without a warning per glyph on top of the logged one.
+            assert missing_glyphs(tmp_path / name) == []
+        class_distribution_png([1, 2, 3, 4], [4, 3, 2, 1], KOREAN, tmp_path / "c.png")
+    records = [r for r in caplog.records if r.name == "trainer.plots"]
+    assert [r.levelname for r in records] == ["WARNING"]
+    assert f"apt-get install {plots.CJK_PACKAGE}" in records[0].getMessage()
 
 
 def test_bad_input_is_rejected_before_writing(tmp_path: Path) -> None:

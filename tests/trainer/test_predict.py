@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,18 +18,12 @@ from trainer.errors import BadInput
 from trainer.final.bundle import load_bundle, load_member, save_member, write_manifest
 from trainer.final.predict import bundle_probs, predict_file, predict_probs
 
+ROOT = Path(__file__).resolve().parents[2]
 LABELS = ["0", "1", "2", "3"]
 PROBS = [f"prob_{name}" for name in LABELS]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: torch's intra-op threads cost more than they give, and on a busy 2-core
-    # machine they contend (a 2-layer training run measured 7x slower with 2 threads).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: tests/trainer/conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -186,3 +183,39 @@ def test_a_one_hot_bundle_serves_its_member_alone_and_never_loads_the_others(
     alone = predict_probs(model, tokenizer, texts, max_length=32, batch_size=16)
     # Reloaded from disk: the same float32 computation, equal to ~1e-7, not bit for bit.
     np.testing.assert_allclose(served, alone, rtol=0, atol=1e-6)
+
+
+# The CLI run in a fresh process, as a user runs it (transformers' bar and logging settings
+# are per process, so in-process an earlier test could have silenced them for us); ``loud``
+# first puts back transformers' own behaviour by making the bundle's quiet_loading a no-op.
+LOUD = "import contextlib, trainer.final.bundle as b; b.quiet_loading = contextlib.nullcontext; "
+CLI = "import sys; from search.cli import main; sys.exit(main(sys.argv[1:]))"
+
+
+def _predict_output(bundle: Path, source: Path, out: Path, loud: bool = False) -> str:
+    # Without the settings that would hide the bars whatever the code does.
+    hiding = ("HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_VERBOSITY")
+    env = {k: v for k, v in os.environ.items() if k not in hiding} | {"OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-c", (LOUD if loud else "") + CLI, "predict", str(bundle)]
+    result = subprocess.run(
+        [*command, "--input", str(source), "--output", str(out), "--batch-size", "50"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-2000:]
+    return result.stdout
+
+
+@pytest.mark.process
+def test_predict_prints_no_loading_bar_per_member(bundle_dir: Path, reviews: Path, tmp_path):
+    output = _predict_output(bundle_dir, reviews, tmp_path / "pred.csv")
+    assert "Loading weights" not in output, output
+    assert "100 predictions ->" in output  # the product's own lines are still there
+    # The control: without quiet_loading transformers does print one bar per member, so the
+    # check above would see one if a load escaped it (and notices a renamed bar).
+    loud = _predict_output(bundle_dir, reviews, tmp_path / "loud.csv", loud=True)
+    assert loud.count("Loading weights") >= 3, loud

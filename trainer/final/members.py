@@ -24,6 +24,7 @@ from trainer.config import FinalConfig, ModelConfig, TrainConfig
 from trainer.data import Splits
 from trainer.devices import training_precision
 from trainer.final.predict import predict_probs
+from trainer.loading import quiet_loading
 from trainer.metrics import probs_metrics
 from trainer.swa import LastK, snapshot
 from trainer.train import tail_start, train_model
@@ -203,7 +204,7 @@ def train_member(
     cfg = member_config(final, index)
     result = train_model(cfg, keep_best_weights=True, callbacks=callbacks, splits=splits)
     trained = time.perf_counter()
-    tokenizer = AutoTokenizer.from_pretrained(member.model)
+    tokenizer = _tokenizer(member.model)
     states = {"best": result.best_weights, "swa": _swa_state(last_k, name)}
     probs, metrics, kept = _compare(result.model, tokenizer, states, final, splits)
     run = MemberRun(name, index, result.best, last_k.epochs, metrics, kept, probs[kept])
@@ -216,6 +217,12 @@ def train_member(
     best, swa = metrics["best"]["accuracy"], metrics["swa"]["accuracy"]
     log.info(f"{name}: validation accuracy best-epoch {best:.4f}, SWA {swa:.4f}; kept {kept}")
     return run
+
+
+def _tokenizer(name_or_path: str) -> Any:
+    # Quiet as every other load: final shows its own progress, not transformers' notices.
+    with quiet_loading():
+        return AutoTokenizer.from_pretrained(name_or_path)
 
 
 def _with_validation(splits: Splits) -> Splits:
@@ -252,7 +259,7 @@ def retrain_full(
     state = _swa_state(last_k, run.name) if run.chosen == "swa" else at.state
     if state is None:
         raise RuntimeError(f"{run.name}: evaluation {run.best.index} never happened in full data")
-    tokenizer = AutoTokenizer.from_pretrained(cfg.model.name_or_path)
+    tokenizer = _tokenizer(cfg.model.name_or_path)
     run.test_probs = _finish_member(
         result.model, tokenizer, state, final, test, folder, splits.label_names
     )
