@@ -93,7 +93,7 @@ def gpu_config(backbone: Path, train: Path, evals: Path, cache: Path, batch: int
 def model_size(cfg: TrainConfig, num_labels: int) -> dict[str, int]:
     _, model = load_backbone(cfg.model.name_or_path, num_labels)
     total = model.num_parameters()
-    embeddings = sum(p.numel() for p in model.bert.embeddings.parameters())
+    embeddings = sum(p.numel() for p in model.base_model.embeddings.parameters())  # any family
     return {"parameters": total, "non_embedding_parameters": total - embeddings}
 
 

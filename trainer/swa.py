@@ -4,8 +4,10 @@ A TrainerCallback (written elsewhere) calls ``LastK.add(model)`` at each epoch e
 training, ``LastK.average()`` gives the SWA state dict to load back with
 ``model.load_state_dict(avg, strict=True)``. This module knows nothing of the Trainer.
 
-No batch-norm statistics update follows the averaging: BERT-family models use LayerNorm,
-whose statistics are computed per example, so averaged weights need no recalibration pass.
+No batch-norm statistics update follows the averaging: transformer encoders (BERT, RoBERTa)
+use LayerNorm, whose statistics are computed per example, so averaged weights need no
+recalibration pass. Nothing here depends on the architecture: every state-dict entry is
+averaged by its name, whatever prefix (``bert.``, ``roberta.``) the family gives it.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""`focaltune backbone build --train FILE --out DIR`: an offline tokenizer + small BERT."""
+"""`focaltune backbone build --train FILE --out DIR`: an offline tokenizer + small encoder
+(BERT, or RoBERTa with ``--arch roberta``)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 from search.files import check_output
 from trainer.backbone import PRESETS, BackboneSettings, build_backbone, cached_backbone
 from trainer.backbone.checkpoint import CHECKPOINT_MINUTES
+from trainer.backbone.progress import PROGRESS_ENV, PROGRESS_SECONDS
 
 METAVARS = {int: "N", float: "X", str: "NAME"}
 
@@ -19,16 +21,18 @@ METAVARS = {int: "N", float: "X", str: "NAME"}
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "backbone",
-        help="offline backbones: tokenizer + small BERT built from your texts",
+        help="offline backbones: tokenizer + small BERT/RoBERTa built from your texts",
         description="Build backbones that need no Hugging Face Hub access.",
     )
     actions = parser.add_subparsers(dest="backbone_command", required=True, metavar="ACTION")
     build = actions.add_parser(
         "build",
-        help="train a WordPiece tokenizer and a small BERT (optionally MLM-pretrained)",
-        description="Train a WordPiece tokenizer on the training texts, build a small BERT and "
-        "optionally pretrain it with masked-language modelling (task-adaptive pretraining). "
-        "The folder works as model.name_or_path in a study config.",
+        help="train a WordPiece tokenizer and a small encoder (optionally MLM-pretrained)",
+        description="Train a WordPiece tokenizer on the training texts, build a small BERT "
+        "(or RoBERTa: --arch) and optionally pretrain it with masked-language modelling "
+        "(task-adaptive pretraining). The folder works as model.name_or_path in a study "
+        "config. Progress shows as bars with ETAs on a terminal, else as a log line at least "
+        f"every {PROGRESS_SECONDS:g} s (${PROGRESS_ENV} to change).",
     )
     build.add_argument(
         "--train", required=True, metavar="FILE", help="csv/tsv/jsonl/parquet file (.gz ok)"
@@ -74,9 +78,16 @@ def _add_settings(parser: argparse.ArgumentParser) -> None:
         default = setting.default
         text = setting.metadata["help"] + ("" if default is None else f" (default: {default})")
         flag = "--" + setting.name.replace("_", "-")
+        choices = setting.metadata.get("choices")
         # No argparse default: unset flags are left out, so a --preset's value stands.
+        # An unknown choice (--arch gpt2) is a one-line error naming the choices, exit 2.
         parser.add_argument(
-            flag, type=kind, default=argparse.SUPPRESS, metavar=METAVARS[kind], help=text
+            flag,
+            type=kind,
+            default=argparse.SUPPRESS,
+            choices=choices,
+            metavar=None if choices else METAVARS[kind],  # argparse shows {bert,roberta}
+            help=text,
         )
 
 
@@ -97,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
         folder = build_backbone(args.train, args.out, settings, **run_options)
         print(f"backbone: {folder}")
     report = json.loads((folder / "backbone.json").read_text())
-    print(f"parameters: {report['parameters']:,} (encoder), vocab {report['vocab_size']:,}")
+    arch = report["settings"].get("arch", "bert")  # a cached build from before --arch: BERT
+    print(f"parameters: {report['parameters']:,} ({arch} encoder), vocab {report['vocab_size']:,}")
     if report["mlm_loss"]:
         print("MLM loss (held-out): {before:.3f} -> {after:.3f}".format(**report["mlm_loss"]))
         mlm = report["mlm"]

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
+import logging
+import os
 import re
 import subprocess
 import sys
+import time
 import unicodedata
 from pathlib import Path
 
@@ -16,6 +20,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from trainer.backbone.build import build_backbone, mlm_loss, read_texts
+from trainer.backbone.progress import PROGRESS_ENV, phase
 from trainer.errors import BadInput
 
 TINY = {"vocab_size": 1000, "layers": 1, "hidden": 32, "heads": 2, "max_length": 32}
@@ -183,7 +188,7 @@ def test_failure_midway_leaves_no_half_made_folder(
     def crash(*args: object, **kwargs: object) -> None:
         raise OSError("no space left on device")
 
-    monkeypatch.setattr("trainer.backbone.build.BertForMaskedLM.save_pretrained", crash)
+    monkeypatch.setattr("transformers.BertForMaskedLM.save_pretrained", crash)
     with pytest.raises(OSError, match="no space left"):
         build_backbone(nsmc_csv(50), tmp_path / "out", **TINY)
     assert list(tmp_path.iterdir()) == []
@@ -194,9 +199,10 @@ def focaltune_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "search.cli"]
 
 
-def focaltune(*args: str) -> subprocess.CompletedProcess[str]:
+def focaltune(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     command = [*focaltune_command(), *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+    environment = None if env is None else os.environ | env
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment)
 
 
 @pytest.mark.process
@@ -217,3 +223,94 @@ def test_cli_missing_train_file_exits_2_with_one_line(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and str(missing) in done.stderr
     assert not (tmp_path / "o").exists()
+
+
+# Progress: the interval between plain lines is 30 s; these tests set it small through
+# $FOCALTUNE_PROGRESS_SECONDS (PROGRESS_ENV) to see several lines in a few seconds.
+INTERVAL = 0.2
+PHASE_LINE = re.compile(r"^INFO trainer\.backbone\.progress: (.*)$", re.MULTILINE)
+
+
+@pytest.mark.process
+def test_a_build_logged_to_a_pipe_shows_each_phase_without_flooding(
+    nsmc_csv, tmp_path: Path
+) -> None:
+    flags = ["--vocab-size", "1000", "--layers", "1", "--hidden", "32", "--max-length", "32"]
+    flags += ["--embedding-init", "corpus", "--mlm-epochs", "2", "--mlm-batch-size", "16"]
+    train, out = str(nsmc_csv(1000)), str(tmp_path / "bb")
+    # capture_output: stderr is a pipe, not a terminal, so plain lines instead of bars.
+    done = focaltune("backbone", "build", "--train", train, "--out", out, *flags,
+                     env={PROGRESS_ENV: str(INTERVAL)})  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = PHASE_LINE.findall(done.stderr)
+    for start in ("tokenizer: splitting words", "tokenizer: learning merges", "tokenizer: done",
+                  "vectors: pair counts, PMI, SVD, 14 steps", "vectors: done",
+                  "MLM: training", "MLM step 1/"):  # fmt: skip
+        assert any(line.startswith(start) for line in lines), (start, done.stderr)
+    # Paced: a periodic line comes at least INTERVAL after the phase's previous line, so a
+    # phase of S seconds has at most S / INTERVAL of them, beyond its 12 fixed lines here:
+    # starts of steps (tokenizer 2, vectors 1, MLM 3), MLM's steps 1, 10 and 100, 3 ends.
+    report = json.loads((tmp_path / "bb" / "backbone.json").read_text())
+    seconds = sum(report[f"seconds_{name}"] for name in ("tokenizer", "vectors", "mlm"))
+    assert len(lines) <= seconds / INTERVAL + 12 + 3  # + 3: the three phases' rounding
+    periodic = [x for x in lines if re.match(r"MLM step (?!1/|10/|100/|120/)", x)]
+    assert periodic, done.stderr  # ~4 s of MLM steps: some lines between the fixed ones
+    assert "\x1b[" not in done.stderr and "\r" not in done.stderr  # no bars in a log
+    assert done.stderr.count("\n") <= len(lines) + 10, done.stderr
+
+
+def test_a_counted_step_logs_its_share_and_eta(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv(PROGRESS_ENV, str(INTERVAL))
+    caplog.set_level(logging.INFO, logger="trainer.backbone")
+    with phase("tokenizer", "splitting words", 100, "texts") as progress:
+        for text in progress.count(range(100), every=10):
+            if text % 10 == 0:
+                time.sleep(INTERVAL / 4)  # 2.5 intervals in all
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == "tokenizer: splitting words, 100 texts"
+    counted = r"tokenizer: splitting words, \d+/100 texts \(\d+%\), elapsed \w+, ETA \w+$"
+    assert 1 <= sum(bool(re.match(counted, x)) for x in lines) <= 2
+    assert lines[-1].startswith("tokenizer: done in")
+
+
+def test_a_phase_silent_in_native_code_still_logs_paced_lines(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv(PROGRESS_ENV, str(INTERVAL))
+    caplog.set_level(logging.INFO, logger="trainer.backbone")
+    with phase("merges", "learning"):
+        time.sleep(6 * INTERVAL)  # like a native call that reports nothing
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == "merges: learning" and lines[-1].startswith("merges: done in")
+    periodic = [x for x in lines if x.startswith("merges: learning, elapsed")]
+    assert 3 <= len(periodic) <= 6
+
+
+def test_a_bad_progress_interval_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(PROGRESS_ENV, "soon")
+    message = r"FOCALTUNE_PROGRESS_SECONDS='soon' must be a positive number of seconds"
+    with pytest.raises(BadInput, match=message), phase("tokenizer", "splitting words"):
+        pass
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_terminal_gets_a_bar_with_an_eta_and_no_plain_lines(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="trainer.backbone")
+    screen = Terminal()
+    with phase("tokenizer", "splitting words", 100, "texts", stream=screen) as progress:
+        for _ in progress.count(range(100), every=10):
+            pass
+        progress.restart("learning merges")
+    shown = screen.getvalue()
+    assert "tokenizer: splitting words" in shown and "100/100" in shown
+    assert "tokenizer: learning merges" in shown
+    assert "-:--:--" in shown or "0:00:00" in shown  # rich's ETA column
+    assert not caplog.records  # the bar replaces the plain lines

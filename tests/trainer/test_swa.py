@@ -1,4 +1,4 @@
-"""SWA: snapshots, averaging state dicts of real tiny BERTs, the last-K holder."""
+"""SWA: snapshots, averaging state dicts of real tiny BERTs (and a RoBERTa), the last-K holder."""
 
 from __future__ import annotations
 
@@ -159,3 +159,44 @@ def test_last_k_rejects_bad_use() -> None:
         LastK(0)
     with pytest.raises(ValueError, match="no snapshots"):
         LastK(3).average()
+
+
+def tiny_roberta(seed: int, masked: bool = False) -> nn.Module:
+    """A 32-wide RoBERTa like `backbone build --arch roberta` makes (one token type)."""
+    from transformers import RobertaConfig, RobertaForMaskedLM, RobertaForSequenceClassification
+
+    config = RobertaConfig(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=66,
+        type_vocab_size=1,
+        pad_token_id=0,
+        num_labels=4,
+    )
+    torch.manual_seed(seed)
+    return (RobertaForMaskedLM if masked else RobertaForSequenceClassification)(config)
+
+
+def test_roberta_states_average_by_name_with_their_ties() -> None:
+    # No `bert.` prefix anywhere: a RoBERTa averages and loads back like a BERT, and its
+    # masked-LM head's two ties (decoder weight = embeddings, decoder bias = head bias) hold.
+    states = [snapshot(tiny_roberta(seed, masked=True)) for seed in (0, 1)]
+    averaged = average_state_dicts(states)
+    embeddings = "roberta.embeddings.word_embeddings.weight"
+    assert all(key.startswith(("roberta.", "lm_head.")) for key in averaged)
+    assert averaged["lm_head.decoder.weight"] is averaged[embeddings]
+    assert averaged["lm_head.decoder.bias"] is averaged["lm_head.bias"]
+    expected = (states[0][embeddings].double() + states[1][embeddings].double()) / 2
+    assert torch.equal(averaged[embeddings], expected.float())
+    model = tiny_roberta(2, masked=True)
+    model.load_state_dict(averaged, strict=True)
+    assert torch.equal(model.lm_head.decoder.weight, averaged[embeddings])
+    classifiers = [snapshot(tiny_roberta(seed)) for seed in (0, 1)]
+    model = tiny_roberta(2)
+    model.load_state_dict(average_state_dicts(classifiers), strict=True)
+    assert {"classifier.dense.weight", "classifier.out_proj.weight"} <= set(classifiers[0])
+    logits = model(input_ids=torch.tensor([[2, 5, 7, 3]])).logits
+    assert logits.shape == (1, 4) and torch.isfinite(logits).all()

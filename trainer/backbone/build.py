@@ -1,6 +1,7 @@
-"""Offline backbone: a WordPiece tokenizer trained on the corpus and a small BERT.
+"""Offline backbone: a WordPiece tokenizer trained on the corpus and a small encoder (BERT,
+or RoBERTa: ``--arch``, ``trainer.backbone.arch``).
 
-Optionally the BERT is pretrained with masked-language modelling on the same texts
+Optionally the encoder is pretrained with masked-language modelling on the same texts
 (task-adaptive pretraining), which saves checkpoints beside the folder as it goes: an
 interrupted build resumes from them (``resume=True``, ``--resume``). The folder loads with
 ``AutoTokenizer`` and ``AutoModelForSequenceClassification`` without the Hub, so the whole
@@ -18,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import BertConfig, BertForMaskedLM, PreTrainedTokenizerFast, set_seed
+from transformers import PreTrainedModel, PreTrainedTokenizerFast, set_seed
 
+from trainer.backbone.arch import ARCHS, make_config
 from trainer.backbone.checkpoint import (
     CHECKPOINT_MINUTES,
     Checkpoint,
@@ -30,17 +32,19 @@ from trainer.backbone.checkpoint import (
     load_tokenizer,
 )
 from trainer.backbone.mlm import MlmSettings, mlm_loss, pretrain_mlm
+from trainer.backbone.progress import phase
 from trainer.backbone.settings import BackboneSettings
 from trainer.backbone.vectors import corpus_vectors, load_into
 from trainer.backbone.wordpiece import train_tokenizer, unk_rate
 from trainer.errors import BadInput
 from trainer.files import staged_folder
+from trainer.loading import quiet_loading
 from trainer.plots import mlm_curve_png
 from trainer.tables import read_table
 
 log = logging.getLogger(__name__)
 
-# Standard deviation of corpus vectors copied into the embeddings. BERT's random rows have
+# Standard deviation of corpus vectors copied into the embeddings. The random rows have
 # 0.02; larger rows let the pieces' meaning outweigh the random position embeddings in the
 # sum that LayerNorm normalises. 0.04, 0.1 and 0.2 measured within a point; 0.1 was best.
 CORPUS_VECTOR_STD = 0.1
@@ -55,7 +59,7 @@ def build_backbone(
     checkpoint_minutes: float = CHECKPOINT_MINUTES,
     **changes: Any,
 ) -> Path:
-    """Train a tokenizer on ``train``'s texts, build (and optionally MLM-pretrain) a BERT.
+    """Train a tokenizer on ``train``'s texts, build (and optionally MLM-pretrain) an encoder.
 
     ``settings`` (default: ``BackboneSettings()``) with ``changes`` applied by field name,
     e.g. ``build_backbone(train, out, layers=1, hidden=32)``. The folder is built beside
@@ -108,20 +112,19 @@ def read_texts(path: Path, column: str, max_samples: int | None, seed: int) -> l
     return texts.tolist()
 
 
-def make_model(tokenizer: PreTrainedTokenizerFast, settings: BackboneSettings) -> BertForMaskedLM:
-    """A freshly initialised BERT with an MLM head, seeded."""
-    config = BertConfig(
-        vocab_size=len(tokenizer),
+def make_model(tokenizer: PreTrainedTokenizerFast, settings: BackboneSettings) -> PreTrainedModel:
+    """A freshly initialised ``settings.arch`` encoder with an MLM head, seeded."""
+    config = make_config(
+        settings.arch,
+        tokenizer,
         hidden_size=settings.hidden,
         num_hidden_layers=settings.layers,
         num_attention_heads=settings.heads,
         intermediate_size=settings.intermediate,
-        # Room for longer inputs later (fine-tuning may use a larger max_length).
-        max_position_embeddings=max(512, settings.max_length),
-        pad_token_id=tokenizer.pad_token_id,
+        max_length=settings.max_length,
     )
     set_seed(settings.seed)
-    return BertForMaskedLM(config)
+    return ARCHS[settings.arch].masked_lm(config)
 
 
 def _make(
@@ -129,17 +132,18 @@ def _make(
     settings: BackboneSettings,
     tokenizer: PreTrainedTokenizerFast | None,
     checkpoint: Checkpoint,
-) -> tuple[BertForMaskedLM, PreTrainedTokenizerFast, dict, MlmState | None]:
+) -> tuple[PreTrainedModel, PreTrainedTokenizerFast, dict, MlmState | None]:
     """The tokenizer (trained, unless a resumed build brings its own), the model, the report
     and the MLM state (None without MLM)."""
     started = time.perf_counter()
     resumed = tokenizer is not None
-    tokenizer = tokenizer or train_tokenizer(texts, settings.vocab_size, settings.max_length)
+    tokenizer = tokenizer or _train_tokenizer(texts, settings)
     unk = unk_rate(tokenizer, texts[:2000])
     tok_seconds = time.perf_counter() - started
     log.info("tokenizer: vocab %d, UNK rate %.2f%%, %.1f s", len(tokenizer), 100 * unk, tok_seconds)
     model = make_model(tokenizer, settings)
-    log.info("model: BERT with %d encoder parameters", model.bert.num_parameters())
+    encoder = model.base_model.num_parameters()  # what a classifier reuses, without MLM head
+    log.info("model: %s with %d encoder parameters", type(model.base_model).__name__, encoder)
     # A resumed build's checkpoint holds every weight, these initial vectors long changed.
     vec_seconds = 0.0 if resumed else _init_embeddings(model, tokenizer, texts, settings)
     started = time.perf_counter()
@@ -147,18 +151,19 @@ def _make(
     if settings.mlm_epochs > 0:
         loss, state = _pretrain(model, tokenizer, texts, settings, checkpoint)
     mlm_seconds = time.perf_counter() - started
-    # Fine-tuning adds a pooler and a classifier that this folder lacks, drawn from
-    # N(0, initializer_range). BERT's 0.02 suits a pretrained 768-wide pooler's big features;
-    # here logits start ~0.03 and a few hundred Adam steps (each <= lr) cannot grow them past
-    # the class prior, so predictions stay on the majority class. 1/sqrt(hidden) gives the
-    # new layers unit gain (+3 points measured); the encoder keeps 0.02, which trains best.
+    # Fine-tuning adds a head that this folder lacks (BERT: pooler and classifier; RoBERTa:
+    # classifier.dense and out_proj), drawn from N(0, initializer_range). BERT's 0.02 suits
+    # a pretrained 768-wide pooler's big features; here logits start ~0.03 and a few
+    # hundred Adam steps (each <= lr) cannot grow them past the class prior, so predictions
+    # stay on the majority class. 1/sqrt(hidden) gives the new layers unit gain (+3 points
+    # measured, BERT); the encoder keeps 0.02, which trains best.
     model.config.initializer_range = settings.hidden**-0.5
     report = {
         "settings": asdict(settings),
         "texts": len(texts),
         "vocab_size": len(tokenizer),
         "unk_rate_train": round(unk, 5),  # on up to 2,000 training texts
-        "parameters": model.bert.num_parameters(),  # the encoder a classifier reuses
+        "parameters": encoder,  # the encoder a classifier reuses
         "seconds_tokenizer": round(tok_seconds, 2),
         "seconds_vectors": round(vec_seconds, 2),
         "seconds_mlm": round(mlm_seconds, 2),  # this run's; mlm.training_seconds: every run's
@@ -169,15 +174,25 @@ def _make(
     return model, tokenizer, report, state
 
 
+def _train_tokenizer(texts: list[str], settings: BackboneSettings) -> PreTrainedTokenizerFast:
+    segments = ARCHS[settings.arch].segments
+    with phase("tokenizer", unit="texts") as progress:
+        return train_tokenizer(
+            texts, settings.vocab_size, settings.max_length, segments=segments, progress=progress
+        )
+
+
 def _save(
     folder: Path,
-    model: BertForMaskedLM,
+    model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerFast,
     report: dict,
     state: MlmState | None,
 ) -> None:
     tokenizer.save_pretrained(folder)
-    model.to(device="cpu", dtype=torch.float32).save_pretrained(folder)
+    # Quiet: transformers' "Writing model shards" bar would land in a build's log file.
+    with quiet_loading():
+        model.to(device="cpu", dtype=torch.float32).save_pretrained(folder)
     if state is not None:
         curve = state.curve | {"held_out_loss": report["mlm_loss"]} | state.summary()
         (folder / "mlm_curve.json").write_text(json.dumps(curve, indent=2) + "\n")
@@ -187,7 +202,7 @@ def _save(
 
 
 def _init_embeddings(
-    model: BertForMaskedLM,
+    model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerFast,
     texts: list[str],
     settings: BackboneSettings,
@@ -196,15 +211,17 @@ def _init_embeddings(
     if settings.embedding_init != "corpus":
         return 0.0
     started = time.perf_counter()
-    vectors = corpus_vectors(tokenizer, texts, settings.hidden, settings.seed)
-    load_into(model.bert.embeddings.word_embeddings, vectors, CORPUS_VECTOR_STD)
+    with phase("vectors") as progress:
+        vectors = corpus_vectors(tokenizer, texts, settings.hidden, settings.seed, progress)
+    # Through get_input_embeddings(): the embeddings' path differs per family.
+    load_into(model.get_input_embeddings(), vectors, CORPUS_VECTOR_STD)
     seconds = time.perf_counter() - started
     log.info("embeddings: corpus vectors for %d pieces, %.1f s", len(tokenizer), seconds)
     return seconds
 
 
 def _pretrain(
-    model: BertForMaskedLM,
+    model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerFast,
     texts: list[str],
     s: BackboneSettings,

@@ -23,8 +23,13 @@ RECIPE = 1
 
 
 def cache_key(train: Path, settings: BackboneSettings) -> str:
+    fields = asdict(settings.resolved())
+    # Every backbone was a BERT before --arch: leaving the default out keeps their keys, so
+    # caches built then stay valid; another family hashes its name.
+    if fields["arch"] == "bert":
+        del fields["arch"]
     digest = hashlib.sha256(f"recipe {RECIPE}\n".encode())
-    digest.update(json.dumps(asdict(settings.resolved()), sort_keys=True).encode())
+    digest.update(json.dumps(fields, sort_keys=True).encode())
     with open(train, "rb") as data:
         for block in iter(lambda: data.read(1 << 20), b""):
             digest.update(block)

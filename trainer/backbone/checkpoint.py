@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import BertForMaskedLM, DataCollatorForLanguageModeling, PreTrainedTokenizerFast
+from transformers import DataCollatorForLanguageModeling, PreTrainedModel, PreTrainedTokenizerFast
 
+from trainer.backbone.settings import BackboneSettings
 from trainer.errors import BadInput
 from trainer.files import atomic_file, staged_folder
 
@@ -93,7 +94,7 @@ class MlmState:
 
 def snapshot(
     state: MlmState,
-    model: BertForMaskedLM,
+    model: PreTrainedModel,
     optimizer: torch.optim.Optimizer,
     collator: DataCollatorForLanguageModeling,
 ) -> dict[str, Any]:
@@ -110,7 +111,7 @@ def snapshot(
 
 def restore(
     saved: dict[str, Any],
-    model: BertForMaskedLM,
+    model: PreTrainedModel,
     optimizer: torch.optim.Optimizer,
     collator: DataCollatorForLanguageModeling,
 ) -> MlmState:
@@ -161,7 +162,8 @@ def check_same_build(out: Path, record: dict[str, Any]) -> None:
     """Refuse to resume with other settings or texts than the checkpoint's, naming them."""
     folder = checkpoint_folder(out)
     saved = json.loads((folder / RECORD).read_text())
-    then, now = saved["settings"], record["settings"]
+    # A checkpoint older than a setting (e.g. --arch) was made with that setting's default.
+    then, now = asdict(BackboneSettings()) | saved["settings"], record["settings"]
     changed = [f"{k}={then.get(k)} (now {v})" for k, v in now.items() if then.get(k) != v]
     if saved["data"]["sha256"] != record["data"]["sha256"]:
         old, new = saved["data"], record["data"]

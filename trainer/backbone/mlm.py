@@ -1,10 +1,10 @@
-"""Masked-language-model pretraining of a small BERT on unlabelled texts (task-adaptive).
+"""Masked-language-model pretraining of a small encoder on unlabelled texts (task-adaptive).
 
 A plain loop rather than the Hugging Face Trainer, for speed on CPU: the vocabulary
 projection runs on the masked positions only, and batches group texts of similar length.
-A long run logs a progress line with its ETA, saves checkpoints it can resume from
-(``trainer.backbone.checkpoint``), records its loss curve and may stop on a time budget,
-with the learning-rate decay re-planned to end there.
+A long run shows its progress with an ETA (``trainer.backbone.progress``), saves
+checkpoints it can resume from (``trainer.backbone.checkpoint``), records its loss curve
+and may stop on a time budget, with the learning-rate decay re-planned to end there.
 """
 
 from __future__ import annotations
@@ -17,17 +17,18 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from transformers import BertForMaskedLM, DataCollatorForLanguageModeling, PreTrainedTokenizerFast
+from transformers import DataCollatorForLanguageModeling, PreTrainedModel, PreTrainedTokenizerFast
 
+from trainer.backbone.arch import mlm_head
 from trainer.backbone.checkpoint import Checkpoint, MlmState, restore, snapshot
+from trainer.backbone.progress import Phase, duration, phase
 
 log = logging.getLogger(__name__)
 
 MLM_PROBABILITY = 0.15
 MAX_EVAL_TEXTS = 500  # held-out texts for the before/after loss
 WARMUP_FRACTION = 0.06  # RoBERTa's
-PROGRESS_SECONDS = 30.0  # between progress lines; also after the steps of EARLY_STEPS
-EARLY_STEPS = (1, 10, 100)
+EARLY_STEPS = (1, 10, 100)  # a progress line after these steps too: the speed shows early
 # A budgeted run measures its speed this long (at most a tenth of the budget) before it
 # re-plans its schedule: the first steps are slow (allocation, warm caches) and would bias it.
 REPLAN_SECONDS = 60.0
@@ -54,23 +55,23 @@ def masker(tokenizer: PreTrainedTokenizerFast, seed: int) -> DataCollatorForLang
     return DataCollatorForLanguageModeling(tokenizer, mlm_probability=MLM_PROBABILITY, seed=seed)
 
 
-def masked_lm_loss(model: BertForMaskedLM, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def masked_lm_loss(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean cross-entropy over the masked tokens of a collated batch; ``model(**batch).loss``.
 
-    ``BertForMaskedLM.forward`` projects every position onto the vocabulary although only
-    the ~15 % masked ones carry a label: at vocabulary 8,000 and hidden 128 that costs 4x
-    the encoder (2.2 s vs 0.56 s per batch of 64 on one CPU thread). Here only the masked
-    positions are projected, which gives the same loss.
+    A masked LM's ``forward`` (BERT's, RoBERTa's) projects every position onto the
+    vocabulary although only the ~15 % masked ones carry a label: at vocabulary 8,000 and
+    hidden 128 that costs 4x the encoder (2.2 s vs 0.56 s per batch of 64 on one CPU
+    thread). Here only the masked positions go through the head, which gives the same loss.
     """
     inputs = {key: value for key, value in batch.items() if key != "labels"}
     picked = batch["labels"] != -100
-    hidden = model.bert(**inputs).last_hidden_state[picked]
-    return F.cross_entropy(model.cls(hidden), batch["labels"][picked])
+    hidden = model.base_model(**inputs).last_hidden_state[picked]
+    return F.cross_entropy(mlm_head(model)(hidden), batch["labels"][picked])
 
 
 @torch.no_grad()
 def mlm_loss(
-    model: BertForMaskedLM,
+    model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerFast,
     texts: list[str],
     *,
@@ -114,7 +115,7 @@ def length_grouped_batches(
 
 
 def pretrain_mlm(
-    model: BertForMaskedLM,
+    model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerFast,
     texts: list[str],
     settings: MlmSettings,
@@ -129,26 +130,32 @@ def pretrain_mlm(
     loss_kw = {"max_length": settings.max_length, "seed": settings.seed}
     model.to("cuda" if torch.cuda.is_available() else "cpu")
     resuming = checkpoint is not None and checkpoint.exists()
-    before = math.nan if resuming else mlm_loss(model, tokenizer, eval_texts, **loss_kw)
-    state = train_mlm(model, tokenizer, train_texts or eval_texts, settings, checkpoint, before)
-    after = mlm_loss(model, tokenizer, eval_texts, **loss_kw)
+    with phase("MLM", "" if resuming else "held-out loss before") as progress:
+        before = math.nan if resuming else mlm_loss(model, tokenizer, eval_texts, **loss_kw)
+        texts = train_texts or eval_texts
+        state = train_mlm(model, tokenizer, texts, settings, checkpoint, before, progress)
+        after = mlm_loss(model, tokenizer, eval_texts, **loss_kw)
     loss = {"before": round(state.before, 4), "after": round(after, 4)}
     return loss | {"eval_texts": len(eval_texts)}, state
 
 
 def train_mlm(
-    model: BertForMaskedLM,
+    model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerFast,
     texts: list[str],
     settings: MlmSettings,
     checkpoint: Checkpoint | None = None,
     before: float = math.nan,
+    progress: Phase | None = None,
 ) -> MlmState:
     """AdamW with warmup and linear decay on length-grouped, BERT-masked batches.
 
     Continues from ``checkpoint``'s state when it has one and saves to it as it goes; stops
-    when the steps are done or ``settings.time_budget`` is spent.
+    when the steps are done or ``settings.time_budget`` is spent. Shows its steps, loss and
+    ETA on ``progress`` (default: nowhere).
     """
+    progress = Phase() if progress is None else progress
+    progress.restart("encoding texts")  # one tokenizer call: only its time is known
     features = encode(tokenizer, texts, settings.max_length)
     lengths = [len(f["input_ids"]) for f in features]
     batches = length_grouped_batches(lengths, settings.batch_size, settings.epochs, settings.seed)
@@ -159,7 +166,7 @@ def train_mlm(
     state = MlmState(planned=len(batches), total=len(batches), warmup=warmup, before=before)
     if checkpoint is not None and checkpoint.exists():
         state = restore(checkpoint.load(), model, optimizer, collator)
-    clock = Clock(state, settings.time_budget)
+    clock = Clock(state, settings.time_budget, progress)
     model.train()
     while state.step < state.total and not clock.spent():
         lr = settings.learning_rate * schedule(state.step, state.warmup, state.total)
@@ -190,7 +197,7 @@ def schedule(step: int, warmup: int, total: int) -> float:
 
 
 def train_step(
-    model: BertForMaskedLM,
+    model: PreTrainedModel,
     optimizer: torch.optim.Optimizer,
     params: list[torch.nn.Parameter],
     batch: dict[str, torch.Tensor],
@@ -211,11 +218,16 @@ def train_step(
 
 
 class Clock:
-    """This run's time: the budget, the progress lines, the re-planned schedule."""
+    """This run's time: the budget, the progress shown, the re-planned schedule."""
 
-    def __init__(self, state: MlmState, budget: float | None) -> None:
+    def __init__(self, state: MlmState, budget: float | None, progress: Phase) -> None:
         self.budget, self.first_step, self.base = budget, state.step, state.seconds
-        self.started = self.last_line = time.perf_counter()
+        self.started = time.perf_counter()
+        self.progress = progress
+        # A resumed run's bar starts at its step, so the jump is not taken for speed.
+        progress.restart("training", state.total, "steps", done=state.step)
+        progress.describe = lambda: progress_line(state, self.rate(state), budget)
+        progress.early = frozenset(EARLY_STEPS)
 
     def seconds(self) -> float:
         """Training seconds over every run, so a resumed build keeps its budget."""
@@ -228,17 +240,15 @@ class Clock:
         return (state.step - self.first_step) / max(time.perf_counter() - self.started, 1e-9)
 
     def tick(self, state: MlmState) -> None:
-        """After a step: a progress line when due; once measured, re-plan for the budget."""
-        now = time.perf_counter()
-        if state.step in EARLY_STEPS or now - self.last_line >= PROGRESS_SECONDS:
-            log.info(progress_line(state, self.rate(state), self.budget))
-            self.last_line = now
+        """After a step: progress shown (a line when due); once measured, re-plan."""
+        note = f"loss {state.recent_loss():.2f}"
+        self.progress.update(state.step, total=state.total, note=note)
         measure = math.inf if self.budget is None else min(REPLAN_SECONDS, self.budget / 10)
-        if not state.replanned and now - self.started >= measure:
+        if not state.replanned and time.perf_counter() - self.started >= measure:
             replan(state, self.rate(state), self.budget)
 
     def finish(self, state: MlmState) -> None:
-        log.info(progress_line(state, self.rate(state), self.budget))
+        """The last progress line is the phase's closing one (``pretrain_mlm``)."""
         if state.step < state.planned:
             log.info(
                 "MLM: the time budget (%s) allowed %d of the %d planned steps",
@@ -274,16 +284,3 @@ def progress_line(state: MlmState, rate: float, budget: float | None) -> str:
         f"loss {state.recent_loss():.2f}, {rate:.1f} steps/s, elapsed {duration(state.seconds)}"
         f", ETA {duration(left)}" + (" (time budget)" if by_budget else "")
     )
-
-
-def duration(seconds: float) -> str:
-    """45s, 6m20s, 36m, 1h05m: to the second while short, coarser when long."""
-    if not math.isfinite(seconds):
-        return "?"
-    whole = round(seconds)
-    if whole < 60:
-        return f"{whole}s"
-    if whole < 600:
-        return f"{whole // 60}m{whole % 60:02d}s"
-    minutes = round(seconds / 60)
-    return f"{minutes}m" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"

@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from trainer.backbone.arch import ARCHS
 from trainer.backbone.wordpiece import MIN_VOCAB
 from trainer.errors import BadInput
 
@@ -25,9 +26,10 @@ EMBEDDING_INITS = ("random", "corpus")
 MAX_MLM_EPOCHS = 1000
 
 
-def _setting(default: Any, text: str) -> Any:
-    """A field whose ``text`` becomes its ``focaltune backbone build`` flag's help."""
-    return field(default=default, metadata={"help": text})
+def _setting(default: Any, text: str, choices: tuple[str, ...] | None = None) -> Any:
+    """A field whose ``text`` becomes its ``focaltune backbone build`` flag's help (and
+    ``choices`` the flag's only accepted values)."""
+    return field(default=default, metadata={"help": text, "choices": choices})
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,12 @@ class BackboneSettings:
     """
 
     text_column: str = _setting("review", "column holding the texts")
+    arch: str = _setting(
+        "bert",
+        "encoder family: bert, or roberta (no token_type_ids, RoBERTa's position ids and "
+        "classification head)",
+        tuple(ARCHS),
+    )
     vocab_size: int = _setting(8000, "WordPiece vocabulary size (>= 256)")
     layers: int = _setting(2, "transformer layers")
     hidden: int = _setting(128, "hidden size; a multiple of --heads")
@@ -86,6 +94,8 @@ class BackboneSettings:
             )
         if self.intermediate < 1:
             problems.append(f"intermediate={self.intermediate} must be >= 1 (default 4 * hidden)")
+        if self.arch not in ARCHS:
+            problems.append(f"arch={self.arch!r} must be one of " + ", ".join(ARCHS))
         if self.embedding_init not in EMBEDDING_INITS:
             problems.append(
                 f"embedding_init={self.embedding_init!r} must be one of "

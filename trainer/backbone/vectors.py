@@ -16,22 +16,35 @@ import scipy.sparse as sp
 import torch
 from transformers import PreTrainedTokenizerFast
 
+from trainer.backbone.progress import QUIET, Phase
+
 WINDOW = 5  # word pieces on each side
 CONTEXT_POWER = 0.75  # smooths the context distribution: rare contexts stop dominating PMI
 SVD_ITERATIONS = 5  # power iterations of the randomized SVD
 OVERSAMPLE = 10  # extra random directions, so the top ``dim`` are captured accurately
+# The steps progress counts: encoding, one per distance, PMI, then the SVD's products.
+STEPS = 1 + WINDOW + 1 + (1 + SVD_ITERATIONS + 1)
 
 
 def corpus_vectors(
-    tokenizer: PreTrainedTokenizerFast, texts: list[str], dim: int, seed: int = 0
+    tokenizer: PreTrainedTokenizerFast,
+    texts: list[str],
+    dim: int,
+    seed: int = 0,
+    progress: Phase = QUIET,
 ) -> np.ndarray:
-    """(vocabulary, dim) float32 vectors; rows of pieces never seen in ``texts`` are 0."""
+    """(vocabulary, dim) float32 vectors; rows of pieces never seen in ``texts`` are 0.
+    ``progress`` counts ``STEPS`` steps (uneven, but each a sizeable part of the work)."""
+    progress.restart("pair counts, PMI, SVD", STEPS, "steps")
     ids = tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
-    counts = cooccurrences([row.ids for row in ids], len(tokenizer))
-    return svd_vectors(positive_pmi(counts), dim, seed)
+    progress.advance()
+    counts = cooccurrences([row.ids for row in ids], len(tokenizer), progress)
+    pmi = positive_pmi(counts)
+    progress.advance()
+    return svd_vectors(pmi, dim, seed, progress)
 
 
-def cooccurrences(rows: list[list[int]], vocab: int) -> sp.csr_matrix:
+def cooccurrences(rows: list[list[int]], vocab: int, progress: Phase = QUIET) -> sp.csr_matrix:
     """Symmetric counts of piece pairs at most ``WINDOW`` apart in one text, 1/distance each."""
     flat = np.fromiter((i for row in rows for i in row), dtype=np.int64)
     text = np.repeat(np.arange(len(rows)), [len(row) for row in rows])
@@ -41,6 +54,7 @@ def cooccurrences(rows: list[list[int]], vocab: int) -> sp.csr_matrix:
         left, right = flat[:-distance][same], flat[distance:][same]
         weight = np.full(left.shape, 1.0 / distance)
         counts += sp.csr_matrix((weight, (left, right)), shape=(vocab, vocab))
+        progress.advance()
     return counts + counts.T
 
 
@@ -57,7 +71,7 @@ def positive_pmi(counts: sp.csr_matrix) -> sp.csr_matrix:
     return sp.csr_matrix((pmi, (coo.row[keep], coo.col[keep])), shape=counts.shape)
 
 
-def svd_vectors(matrix: sp.csr_matrix, dim: int, seed: int) -> np.ndarray:
+def svd_vectors(matrix: sp.csr_matrix, dim: int, seed: int, progress: Phase = QUIET) -> np.ndarray:
     """U * sqrt(S) of a rank-``dim`` SVD (the symmetric split of the singular values, which
     Levy et al. found better than U * S for similarity).
 
@@ -70,9 +84,12 @@ def svd_vectors(matrix: sp.csr_matrix, dim: int, seed: int) -> np.ndarray:
     basis = _orthonormal(
         matrix @ rng.standard_normal((matrix.shape[1], rank + OVERSAMPLE), dtype=np.float32)
     )
+    progress.advance()
     for _ in range(SVD_ITERATIONS):  # power iterations sharpen the spectrum's top
         basis = _orthonormal(matrix @ _orthonormal(matrix.T @ basis))
+        progress.advance()
     u, s, _ = np.linalg.svd((matrix.T @ basis).T, full_matrices=False)
+    progress.advance()
     vectors = ((basis @ u[:, :rank]) * np.sqrt(s[:rank])).astype(np.float32)
     # Rows without any count come out as rounding noise (~1e-17), not 0: make them exactly 0
     # so ``load_into`` knows them as unseen and leaves their random initialisation alone.

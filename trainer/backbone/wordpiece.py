@@ -12,14 +12,26 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from tokenizers.trainers import BpeTrainer
 from transformers import PreTrainedTokenizerFast
 
+from trainer.backbone.progress import QUIET, Phase
+
 SPECIAL_TOKENS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]"}
 SPECIAL_TOKENS |= {"sep_token": "[SEP]", "mask_token": "[MASK]"}
 MIN_VOCAB = 256
 WORD_START = "\ue000"  # private-use character: marks word starts while learning merges
 
 
-def train_tokenizer(texts: list[str], vocab_size: int, max_length: int) -> PreTrainedTokenizerFast:
-    """A cased BERT WordPiece tokenizer trained on ``texts``; keeps Hangul intact."""
+def train_tokenizer(
+    texts: list[str],
+    vocab_size: int,
+    max_length: int,
+    *,
+    segments: bool = True,
+    progress: Phase = QUIET,
+) -> PreTrainedTokenizerFast:
+    """A cased BERT WordPiece tokenizer trained on ``texts``; keeps Hangul intact.
+
+    ``segments`` False (RoBERTa): pairs are joined by two [SEP] and no token_type_ids are
+    made, as RoBERTa's embeddings have no segment table to look them up in."""
     # NFC keeps Hangul syllables composed; NFKC would turn compatibility jamo (the ㅋㅋ and
     # ㅠㅠ of Korean reviews) into conjoining jamo, and accent stripping decomposes
     # syllables into jamo (NFD): both make decoded text unreadable.
@@ -27,27 +39,40 @@ def train_tokenizer(texts: list[str], vocab_size: int, max_length: int) -> PreTr
         [normalizers.NFC(), normalizers.BertNormalizer(strip_accents=False, lowercase=False)]
     )
     splitter = pre_tokenizers.BertPreTokenizer()  # whitespace + punctuation
-    words = [[w for w, _ in splitter.pre_tokenize_str(normalizer.normalize_str(t))] for t in texts]
-    vocab = {token: i for i, token in enumerate(learn_wordpieces(words, vocab_size))}
+    progress.restart("splitting words", len(texts), "texts")
+    words = [
+        [w for w, _ in splitter.pre_tokenize_str(normalizer.normalize_str(t))]
+        for t in progress.count(texts)
+    ]
+    vocab = {token: i for i, token in enumerate(learn_wordpieces(words, vocab_size, progress))}
     tok = Tokenizer(models.WordPiece(vocab, unk_token=SPECIAL_TOKENS["unk_token"]))
     tok.normalizer, tok.pre_tokenizer, tok.decoder = normalizer, splitter, decoders.WordPiece()
-    cls, sep = SPECIAL_TOKENS["cls_token"], SPECIAL_TOKENS["sep_token"]
-    tok.post_processor = processors.TemplateProcessing(
-        single=f"{cls} $A {sep}",
-        pair=f"{cls} $A {sep} $B:1 {sep}:1",
-        special_tokens=[(cls, vocab[cls]), (sep, vocab[sep])],
-    )
+    tok.post_processor = _template(vocab, segments)
+    inputs = ["input_ids", "token_type_ids", "attention_mask"]
     # The generic class, not BertTokenizer: in transformers 5 BertTokenizer rebuilds its
     # own normaliser on load (lowercase + accent stripping) and would ignore ours.
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         model_max_length=max_length,
-        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
+        # What the tokenizer returns by default: without token_type_ids for RoBERTa.
+        model_input_names=inputs if segments else [n for n in inputs if n != "token_type_ids"],
         **SPECIAL_TOKENS,
     )
 
 
-def learn_wordpieces(words: list[list[str]], vocab_size: int) -> list[str]:
+def _template(vocab: dict[str, int], segments: bool) -> processors.TemplateProcessing:
+    """[CLS] A [SEP], and for pairs BERT's [CLS] A [SEP] B:1 [SEP]:1 (segment ids 0, 1) or
+    RoBERTa's [CLS] A [SEP] [SEP] B [SEP] (all 0: its single token type)."""
+    cls, sep = SPECIAL_TOKENS["cls_token"], SPECIAL_TOKENS["sep_token"]
+    pair = f"{cls} $A {sep} $B:1 {sep}:1" if segments else f"{cls} $A {sep} {sep} $B {sep}"
+    return processors.TemplateProcessing(
+        single=f"{cls} $A {sep}",
+        pair=pair,
+        special_tokens=[(cls, vocab[cls]), (sep, vocab[sep])],
+    )
+
+
+def learn_wordpieces(words: list[list[str]], vocab_size: int, progress: Phase = QUIET) -> list[str]:
     """A WordPiece vocabulary learnt by BPE merges; the same words always give the same list.
 
     tokenizers' WordPieceTrainer numbers its ``##`` pieces in hash-map order, so merges of
@@ -69,6 +94,8 @@ def learn_wordpieces(words: list[list[str]], vocab_size: int) -> list[str]:
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     marked = (" ".join(WORD_START + w for w in row) for row in words)
+    # The trainer reports nothing while it merges (native code): the step shows time only.
+    progress.restart("learning merges")
     bpe.train_from_iterator(marked, trainer, length=len(words))
     starts = set(alphabet) & {w[0] for row in words for w in row}
     inside = set(alphabet) & {c for row in words for w in row for c in w[1:]}
