@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import random
@@ -84,6 +85,7 @@ class ScaleRun:
     pss_mb_per_worker: float = 0.0
     refused: int = 0  # workers that exited 2: the server's connection limit
     capped: bool = False  # stopped at --minutes before the budget was met
+    startup_s: float = 0.0  # from launch until every worker that ran had started a trial
     errors: list[str] = field(default_factory=list)  # any other failed worker's last line
 
     @property
@@ -133,10 +135,12 @@ class Watcher(threading.Thread):
         )
         with psycopg.connect(self.server.url("postgres").replace("+psycopg", "")) as connection:
             connection.autocommit = True
-            while not self.done.is_set():
+            for tick in itertools.count():
+                if self.done.is_set():
+                    break
                 self.connections = max(self.connections, connection.execute(query).fetchone()[0])
                 alive = [p.pid for p in self.procs if p.poll() is None]
-                if alive:
+                if alive and tick % 20 == 10:  # reading 128 smaps costs CPU: every 10 s
                     self.pss_mb = max(self.pss_mb, sum(map(pss_mb, alive)) / len(alive))
                 self.done.wait(0.5)
 
@@ -221,7 +225,7 @@ def run_workers(
     work = Path(tempfile.mkdtemp(prefix=f"{name}-"))
     env = dict(os.environ, FOCALTUNE_STORAGE=url, OMP_NUM_THREADS="1")
     procs, logs = [], []
-    started = time.monotonic()
+    started, launched = time.monotonic(), time.time()
     for i in range(n):
         logs.append(work / f"w{i}.jsonl")
         command = [sys.executable, "-m", "benchmarks.scale_worker", "--study", name]
@@ -237,7 +241,7 @@ def run_workers(
     watcher = Watcher(server, procs)
     watcher.start()
     killed = kill_some(procs, logs, round(args.kill_fraction * n) if kill else 0, args)
-    capped = wait_or_stop(procs, started + args.minutes * 60)
+    capped = wait_or_stop(procs, logs, started, args)
     watcher.done.set()
     watcher.join()
     result = ScaleRun(path, n, len(killed), budget, seconds=round(time.monotonic() - started, 1))
@@ -254,23 +258,34 @@ def run_workers(
         elif proc.returncode not in (0, -15, 143):  # 143/-15: stopped at --minutes
             result.errors.append(f"exit {proc.returncode}: {last[0]}")
     measure(result, server.url(), name, logs, killed)
+    firsts = [json.loads(log.read_text().splitlines()[0])["start"] for log in logs if log.exists()]
+    result.startup_s = round(max(firsts) - launched, 1) if firsts else 0.0
     return result
 
 
-def wait_or_stop(procs: list[subprocess.Popen], deadline: float) -> bool:
-    """Wait for the workers; at ``deadline`` stop the rest with SIGTERM (each fails and
-    re-enqueues its trial). Whether any had to be stopped."""
-    for proc in procs:
-        try:
-            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            break
+def wait_or_stop(
+    procs: list[subprocess.Popen], logs: list[Path], started: float, args: argparse.Namespace
+) -> bool:
+    """Wait for the workers: up to --startup-minutes for a first trial to start, then up to
+    --minutes; then stop the rest with SIGTERM (each fails and re-enqueues its trial).
+    Whether any had to be stopped."""
+    deadline, first = started + args.startup_minutes * 60, None
+    while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+        if first is None and any(in_trial(log) or log.exists() for log in logs):
+            first = time.monotonic()
+            deadline = first + args.minutes * 60
+        time.sleep(0.5)
     alive = [p for p in procs if p.poll() is None]
     for proc in alive:
         proc.terminate()
     for proc in alive:
         proc.wait(timeout=60)
     return bool(alive)
+
+
+def in_trial(log: Path) -> bool:
+    """Whether the worker writing ``log`` is inside its objective (its marker file exists)."""
+    return log.with_name(log.name + ".current").exists()
 
 
 def kill_some(
@@ -291,8 +306,7 @@ def kill_some(
         if time.monotonic() - first < moments[len(killed)]:
             time.sleep(0.1)
             continue
-        # In a trial: a worker's marker file exists while its objective runs.
-        marked = [log.with_name(log.name + ".current").exists() for log in logs]
+        marked = [in_trial(log) for log in logs]
         busy = [
             i for i, p in enumerate(procs) if p.poll() is None and marked[i] and i not in killed
         ]
@@ -357,14 +371,14 @@ def percentile(values: list[float], q: float) -> float:
 
 def table(runs: list[ScaleRun]) -> str:
     head = (
-        "| path | workers | killed | trials/s | gap p50/p99 s | report p50/p99 s | "
+        "| path | workers | killed | start-up s | trials/s | gap p50/p99 s | report p50/p99 s | "
         "tell p50/p99 s | busy mean/min | CPU s/trial | server conns max | PSS MB/worker | "
         "refused | budget exact | RUNNING at end | killed trials retried once |\n"
-        + "|---" * 15
+        + "|---" * 16
         + "|"
     )
     rows = [
-        f"| {r.path} | {r.workers} | {r.kills} | {r.trials_per_second:.2f} | "
+        f"| {r.path} | {r.workers} | {r.kills} | {r.startup_s:.0f} | {r.trials_per_second:.2f} | "
         f"{r.gap_p50:.3f}/{r.gap_p99:.3f} | {r.report_p50:.3f}/{r.report_p99:.3f} | "
         f"{r.tell_p50:.3f}/{r.tell_p99:.3f} | {r.busy_mean:.3f}/{r.busy_min:.3f} | "
         f"{r.cpu_per_trial:.2f} | {r.server_connections_max} | {r.pss_mb_per_worker:.0f} | "
@@ -410,14 +424,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--high", type=float, default=15.0, help="longest trial, s (15)")
     parser.add_argument("--kill-fraction", type=float, default=0.1)
     parser.add_argument("--no-kills", action="store_true", help="skip the runs with kills")
-    parser.add_argument("--minutes", type=float, default=3.0, help="stop a run's workers after (3)")
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        default=3.0,
+        help="stop a run's workers this long after its first trial started (3)",
+    )
+    parser.add_argument(
+        "--startup-minutes", type=float, default=10.0, help="... or if no trial starts (10)"
+    )
     parser.add_argument("--heartbeat", type=int, default=5, help="seconds (the product: 20)")
     parser.add_argument("--grace", type=int, default=15, help="seconds (the product: 60)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "scale.json")
     parser.add_argument("--plot", type=Path, default=ROOT / "benchmarks" / "scale.png")
-    parser.add_argument("--merge", type=Path, help="add the runs of an earlier --out file")
+    parser.add_argument(
+        "--merge", type=Path, help="an earlier --out file whose runs join this one's"
+    )
     return parser.parse_args(argv)
+
+
+def save(runs: list[ScaleRun], args: argparse.Namespace) -> list[ScaleRun]:
+    """Write ``runs`` with those of --merge to --out, in table order; returns them all."""
+    earlier = [ScaleRun(**r) for r in json.loads(args.merge.read_text())] if args.merge else []
+    every = sorted(earlier + runs, key=lambda r: (r.kills > 0, r.workers, ORDER.index(r.path)))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps([asdict(r) for r in every], indent=1))
+    return every
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -430,14 +463,10 @@ def main(argv: list[str] | None = None) -> int:
         for kill in (False,) if args.no_kills else (False, True):
             for n in args.sizes:
                 for path in args.paths:
-                    run = run_once(server, path, n, kill, args)
-                    runs.append(run)
-                    print(table([run]).splitlines()[-1], flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps([asdict(r) for r in runs], indent=1))
-    if args.merge:
-        runs = [ScaleRun(**r) for r in json.loads(args.merge.read_text())] + runs
-    runs.sort(key=lambda r: (r.kills > 0, r.workers, ORDER.index(r.path)))
+                    runs.append(run_once(server, path, n, kill, args))
+                    print(table(runs[-1:]).splitlines()[-1], flush=True)
+                    save(runs, args)  # after each run: a long benchmark keeps what it has
+    runs = save(runs, args)
     print(table(runs))
     plot(runs, args.plot)
     return 0

@@ -69,7 +69,10 @@ def open_storage(
     if path is not None:
         prepare_sqlite(path)
     try:
-        storage = OutageTolerantStorage(url, engine_kwargs=engine_kwargs(url, pool_size))
+        storage = OutageTolerantStorage(
+            url, engine_kwargs=engine_kwargs(url, pool_size), skip_compatibility_check=True
+        )
+        check_schema(storage, url)
         if heartbeat_interval is not None and path is None:
             hold_connections(storage, pool_size)
     except optuna.exceptions.StorageInternalError as err:
@@ -129,6 +132,24 @@ def engine_kwargs(url: str, pool_size: int = 2) -> dict[str, Any]:
     return kwargs
 
 
+def check_schema(storage: optuna.storages.RDBStorage, url: str) -> None:
+    """Optuna's schema version check, one connection at a time.
+
+    Optuna's own check reads the schema's revision on a second connection while its first
+    holds a transaction. Behind PgBouncer in transaction mode each of those is a server
+    connection: workers starting together, as many as the pool's server connections, each
+    hold one and wait for another, for ever (seen with 128 workers and a pool of 20).
+    """
+    manager = storage._version_manager
+    current, head = manager.get_current_version(), manager.get_head_version()
+    if current != head:
+        raise BadStorage(
+            f"the tables in {describe(url)} are at Optuna schema revision {current}, but "
+            f"optuna {optuna.__version__} needs {head}: upgrade them with `optuna storage "
+            "upgrade --storage URL`, or install the optuna version that wrote them"
+        )
+
+
 def hold_connections(storage: optuna.storages.RDBStorage, n: int) -> None:
     """Open the worker's ``n`` pooled connections now (the trial's and the heartbeat's).
 
@@ -139,6 +160,8 @@ def hold_connections(storage: optuna.storages.RDBStorage, n: int) -> None:
     connections = []
     try:
         for _ in range(n):
+            # No transaction stays open here (SQLAlchemy pings in autocommit), so behind
+            # PgBouncer no server connection is pinned while the next one is opened.
             connections.append(storage.engine.connect())
     finally:
         for connection in connections:

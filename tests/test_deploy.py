@@ -37,6 +37,7 @@ POOLER_SETTINGS = {
     "pool_mode": "transaction",
     "default_pool_size": "20",
     "max_client_conn": "1000",
+    "query_wait_timeout": "0",
     "auth_type": "scram-sha-256",
     "server_reset_query": "",
     "ignore_startup_parameters": "extra_float_digits",

@@ -38,6 +38,9 @@ SIGNATURES = [
     ("optuna.storages", "RDBStorage._build_frozen_trial_from_trial_model", ["self", "trial"]),
     ("optuna.storages", "RetryHeartbeatStaleTrialCallback.__init__",
      ["self", "max_retry", "inherit_intermediate_values"]),
+    # storage/rdb.py checks the schema's revision one connection at a time (PgBouncer).
+    ("optuna.storages._rdb.storage", "_VersionManager.get_current_version", ["self"]),
+    ("optuna.storages._rdb.storage", "_VersionManager.get_head_version", ["self"]),
     # storage/attrs.py: a trial's user attributes in one transaction.
     ("optuna.storages", "RDBStorage._set_trial_attr_without_commit",
      ["self", "session", "model_cls", "trial_id", "key", "value"]),

@@ -100,6 +100,9 @@ class LocalPgBouncer:
                 f"default_pool_size = {self.pool_size}",
                 f"max_db_connections = {self.pool_size}",
                 f"max_client_conn = {self.max_client_conn}",
+                # A worker waits for a free server connection as long as it takes (default:
+                # disconnected after 120 s, which 128 workers on 2 cores reached at start-up).
+                "query_wait_timeout = 0",
                 # Transaction mode: nothing session-level survives a transaction anyway.
                 "server_reset_query =",
                 # psycopg and JDBC-style clients send it at start-up; PgBouncer does not track it.

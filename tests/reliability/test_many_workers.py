@@ -15,6 +15,7 @@ import psycopg
 import pytest
 
 from benchmarks import scale
+from tools.pgbouncer import LocalPgBouncer
 from tools.postgres import LocalPostgres
 
 pytestmark = [pytest.mark.postgres, pytest.mark.process]
@@ -82,3 +83,17 @@ def test_a_worker_past_the_connection_limit_exits_2_with_one_line(small_server):
     assert small_server.password not in done.stderr
     study = optuna.load_study(study_name="refused", storage=url)
     assert study.get_trials() == []  # nothing RUNNING: not even created
+
+
+def test_a_worker_opens_through_a_pool_of_one_server_connection(small_server):
+    # Optuna's own schema check holds a transaction while it reads the revision on a second
+    # connection: behind PgBouncer that needs 2 server connections at once, and workers that
+    # start together deadlock once they outnumber the pool. A pool of one shows it alone.
+    scale.create(small_server.url(), "one", budget=1, heartbeat=1, grace=4)  # schema, direct
+    with LocalPgBouncer(small_server, pool_size=1) as pooler:
+        opened = subprocess.run(
+            [sys.executable, "-c", "import sys; from storage import open_storage; "
+             "open_storage(sys.argv[1]); print('opened')", pooler.url()],
+            cwd=ROOT, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert opened.stdout.strip() == "opened", opened.stderr
