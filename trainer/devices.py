@@ -80,14 +80,30 @@ def inference_precision(precision: Precision, device: torch.device):
     the report are those of the served bundle. fp32 is strict (no TF32 matmuls, which the
     Trainer switches on globally for training on Ampere and later).
     """
-    tf32 = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
+    with strict_fp32_matmuls():
         if precision == "fp32":
             yield
         else:
             dtype = torch.bfloat16 if precision == "bf16" else torch.float16
             with torch.autocast(device_type=device.type, dtype=dtype):
                 yield
+
+
+@contextmanager
+def strict_fp32_matmuls():
+    """fp32 matmuls in IEEE precision (no TF32) inside, the caller's setting after."""
+    matmul = torch.backends.cuda.matmul
+    if hasattr(matmul, "fp32_precision"):
+        # torch >= 2.9: the Trainer's tf32=True sets this newer flag, and once it is set,
+        # reading the legacy allow_tf32 raises ("mix of the legacy and new APIs").
+        saved, matmul.fp32_precision = matmul.fp32_precision, "ieee"
+        try:
+            yield
+        finally:
+            matmul.fp32_precision = saved
+        return
+    saved, matmul.allow_tf32 = matmul.allow_tf32, False
+    try:
+        yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = tf32
+        matmul.allow_tf32 = saved

@@ -105,19 +105,22 @@ def test_inference_precision_is_exactly_the_one_asked_for(tiny_bert) -> None:
     model = tiny_bert(num_labels=3, layers=1).eval()
     ids = torch.randint(5, 50, (4, 10))
     cpu = torch.device("cpu")
-    before = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = True  # as the Trainer leaves it on Ampere+
+    matmul = torch.backends.cuda.matmul
+    before = torch.backends.fp32_precision
+    # As the Trainer's tf32=True leaves it on Ampere+ (torch >= 2.9: the new API, after which
+    # reading the legacy allow_tf32 raises).
+    torch.backends.fp32_precision = "tf32"
     try:
         with torch.inference_mode():
             plain = model(input_ids=ids).logits
             with inference_precision("fp32", cpu):
-                assert torch.backends.cuda.matmul.allow_tf32 is False  # strict fp32
+                assert matmul.fp32_precision == "ieee"  # strict fp32
                 strict = model(input_ids=ids).logits
             with inference_precision("bf16", cpu):
                 low = model(input_ids=ids).logits
-        assert torch.backends.cuda.matmul.allow_tf32 is True  # restored afterwards
+        assert matmul.fp32_precision == "tf32"  # restored afterwards
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = before
+        torch.backends.fp32_precision = before
     assert strict.dtype == torch.float32
     torch.testing.assert_close(strict, plain)  # fp32 both: no autocast slipped in
     assert low.dtype == torch.bfloat16
