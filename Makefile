@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # The CPU wheel of torch lies on this kind of machine; elsewhere pip picks the build for the host.
 TORCH  ?= $(if $(wildcard /opt/wheels/torch-2.13.0+cpu-*.whl),torch==2.13.0,torch>=2.4)
 
-.PHONY: install system-deps backbone demo-config search test test-fast lint format bench quality soak scale db-up db-down clean
+.PHONY: install system-deps backbone demo-config search test test-fast lint format bench quality soak scale gpu-check db-up db-down clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,13 +30,14 @@ system-deps:
 	@bash tools/system-deps.sh
 
 # Three test processes: much of the suite waits on worker subprocesses, grace periods and
-# servers, so they overlap well on 2 cores; each process keeps torch to one thread.
+# servers, so they overlap well on 2 cores; each process keeps torch to one thread. The GPU
+# tests (marker gpu) are deselected, not skipped: `make gpu-check` runs them on a GPU machine.
 test: system-deps install lint
-	OMP_NUM_THREADS=1 $(BIN)/pytest -q -n 3
+	OMP_NUM_THREADS=1 $(BIN)/pytest -q -n 3 -m "not gpu"
 
 # The fast tier, chosen by marker: unit and in-process tests only (no PostgreSQL, browser,
 # CLI subprocesses, workers, dashboard server or training runs; no system parts needed).
-FAST := not slow and not postgres and not browser and not process and not soak
+FAST := not slow and not postgres and not browser and not process and not soak and not gpu
 
 test-fast: install
 	OMP_NUM_THREADS=1 $(BIN)/pytest -q -n 2 -m "$(FAST)"
@@ -76,6 +77,12 @@ bench: install
 # search -> export -> final (full data, 200,000 rows) -> predict, on test.csv.gz.
 quality: install runs/backbone/config.json
 	$(BIN)/python benchmarks/quality.py --out runs/quality --nsmc4 $(NSMC4)
+
+# GPU readiness (not a test run; needs an NVIDIA GPU; ~5 min on one H200, at most 8): the GPU
+# tests (bf16 + TF32, a real CUDA OOM), bench's GPU part (MFU), `launch` with 2 workers on
+# GPUs. Figures and logs go to $OUT, else runs/gpu-check/; no CUDA device: exit 2.
+gpu-check: install
+	NSMC4=$(NSMC4) VENV=$(VENV) bash tools/gpu-check.sh
 
 # Fault soak (not in `make test`, run by CI): 4 workers, random kill -9, PostgreSQL.
 soak: install
