@@ -88,7 +88,7 @@ gpu-check: install
 soak: install
 	$(BIN)/python benchmarks/soak.py
 
-# Many workers (not a test): 8/32/128 synthetic workers, direct vs PgBouncer, ~25 min.
+# Many workers (not a test): 8/32/128 synthetic workers, direct, PgBouncer and gRPC proxy.
 scale: system-deps install
 	$(BIN)/python benchmarks/scale.py
 

@@ -120,21 +120,25 @@ def create(url: str, name: str, budget: int, heartbeat: int, grace: int) -> None
 
 
 class Watcher(threading.Thread):
-    """Samples server connections and the workers' memory every half second."""
+    """Samples server connections every half second and the workers' memory every 10 s.
+
+    It connects before the workers start: a direct run fills the server, which would then
+    refuse it (every client here is a superuser, so reserved slots do not help)."""
 
     def __init__(self, server: LocalPostgres, procs: list[subprocess.Popen]):
         super().__init__(daemon=True)
         self.server, self.procs = server, procs
         self.connections, self.pss_mb = 0, 0.0
         self.done = threading.Event()
+        self.connection = psycopg.connect(server.url("postgres").replace("+psycopg", ""))
+        self.connection.autocommit = True
 
     def run(self) -> None:
         query = (
             "SELECT count(*) FROM pg_stat_activity "
             "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
         )
-        with psycopg.connect(self.server.url("postgres").replace("+psycopg", "")) as connection:
-            connection.autocommit = True
+        with self.connection as connection:
             for tick in itertools.count():
                 if self.done.is_set():
                     break
@@ -225,6 +229,7 @@ def run_workers(
     work = Path(tempfile.mkdtemp(prefix=f"{name}-"))
     env = dict(os.environ, FOCALTUNE_STORAGE=url, OMP_NUM_THREADS="1")
     procs, logs = [], []
+    watcher = Watcher(server, procs)  # connected before the workers: see Watcher
     started, launched = time.monotonic(), time.time()
     for i in range(n):
         logs.append(work / f"w{i}.jsonl")
@@ -238,7 +243,6 @@ def run_workers(
         procs.append(
             subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
         )
-    watcher = Watcher(server, procs)
     watcher.start()
     killed = kill_some(procs, logs, round(args.kill_fraction * n) if kill else 0, args)
     capped = wait_or_stop(procs, logs, started, args)
@@ -279,7 +283,11 @@ def wait_or_stop(
     for proc in alive:
         proc.terminate()
     for proc in alive:
-        proc.wait(timeout=60)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
     return bool(alive)
 
 
@@ -296,11 +304,13 @@ def kill_some(
     expected = args.trials_per_worker * (args.low + args.high) / 2
     moments = sorted(rng.uniform(0.2 * expected, 0.7 * expected) for _ in range(k))
     killed: set[int] = set()
-    first = None
-    while len(killed) < k:
+    first, give_up = None, time.monotonic() + args.startup_minutes * 60
+    while len(killed) < k and any(p.poll() is None for p in procs):
         if first is None:  # the clock starts when the first trial has finished
             if any(log.exists() for log in logs):
                 first = time.monotonic()
+            elif time.monotonic() > give_up:
+                break  # no trial ever finished: wait_or_stop stops the workers
             time.sleep(0.2)
             continue
         if time.monotonic() - first < moments[len(killed)]:
@@ -311,8 +321,6 @@ def kill_some(
             i for i, p in enumerate(procs) if p.poll() is None and marked[i] and i not in killed
         ]
         if not busy:
-            if all(p.poll() is not None for p in procs):
-                break
             time.sleep(0.05)
             continue
         victim = rng.choice(busy)

@@ -72,9 +72,13 @@ def open_storage(
         storage = OutageTolerantStorage(
             url, engine_kwargs=engine_kwargs(url, pool_size), skip_compatibility_check=True
         )
-        check_schema(storage, url)
-        if heartbeat_interval is not None and path is None:
-            hold_connections(storage, pool_size)
+        try:
+            check_schema(storage, url)
+            if heartbeat_interval is not None and path is None:
+                hold_connections(storage, pool_size)
+        except BaseException:
+            storage.engine.dispose()  # a refused storage keeps no connection open
+            raise
     except optuna.exceptions.StorageInternalError as err:
         # Optuna's wrapping of a failed query (its schema check): the driver's reason.
         raise BadStorage(_connection_message(url, err.__cause__ or err)) from err
@@ -125,10 +129,11 @@ def engine_kwargs(url: str, pool_size: int = 2) -> dict[str, Any]:
         kwargs["connect_args"] = {
             "connect_timeout": CONNECT_TIMEOUT_S,
             "application_name": "focaltune",
+        }
+        if sqlalchemy.engine.make_url(url).get_driver_name() == "psycopg":
             # psycopg prepares a statement after 5 runs; through PgBouncer in transaction
             # mode the next transaction may land on a server that never saw it.
-            "prepare_threshold": None,
-        }
+            kwargs["connect_args"]["prepare_threshold"] = None
     return kwargs
 
 

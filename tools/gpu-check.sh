@@ -39,7 +39,7 @@ die() {
 
 step_gpu_tests() {
     "$PY" -m pytest -m gpu tests/gpu -p no:cacheprovider -p no:xdist -q \
-        --basetemp "$WORK/pytest" --junitxml "$OUT_DIR/gpu-tests.xml" --timeout 330
+        --basetemp "$WORK/pytest" --junitxml "$OUT_DIR/gpu-tests.xml" --timeout 200
     local rc=$?
     # A skipped GPU test fails the step: on a GPU machine every one of them must run.
     "$PY" - "$OUT_DIR/gpu-tests.xml" "$OUT_DIR/gpu-tests.note" <<'EOF' || rc=1

@@ -67,6 +67,8 @@ class LocalPgBouncer:
         deadline = time.monotonic() + 30
         while self._alive(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
+        if self._alive(pid):
+            os.kill(pid, signal.SIGKILL)
 
     def running(self) -> bool:
         pid = self._pid()
@@ -114,10 +116,14 @@ class LocalPgBouncer:
         )
 
     def _pid(self) -> int | None:
+        """The pid in the pidfile, if that process is this PgBouncer (a pidfile left by a
+        killed one may name a pid reused since)."""
         try:
-            return int((self.home / "pgbouncer.pid").read_text().strip())
+            pid = int((self.home / "pgbouncer.pid").read_text().strip())
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
         except (OSError, ValueError):
             return None
+        return pid if str(self.home / "pgbouncer.ini").encode() in command else None
 
     @staticmethod
     def _alive(pid: int) -> bool:

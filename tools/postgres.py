@@ -322,12 +322,13 @@ def main(argv: list[str] | None = None) -> int:
             server.start()
             start_pooler(server)
             print(server.url())
-        elif server.running():
-            stop_pooler(server)
-            server.stop()
-            print(f"stopped the PostgreSQL server in {server.root}", file=sys.stderr)
         else:
-            print(f"no PostgreSQL server running in {server.root}", file=sys.stderr)
+            stop_pooler(server)  # also when the server went away on its own
+            if server.running():
+                server.stop()
+                print(f"stopped the PostgreSQL server in {server.root}", file=sys.stderr)
+            else:
+                print(f"no PostgreSQL server running in {server.root}", file=sys.stderr)
     except LocalPostgresError as err:
         print(f"tools.postgres: error: {err}", file=sys.stderr)
         return 1
