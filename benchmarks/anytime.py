@@ -75,7 +75,12 @@ class AnytimeRun:
             "best_accuracy": None if best is None else round(best.accuracy, 4),
             "best_params": None if best is None else best.params,
             "curve": [(round(s, 1), round(a, 4)) for s, a in self.curve(budget)],
-            "trials": [asdict(t) | {"seconds": round(t.seconds, 1)} for t in self.trials],
+            # "inside": counted (finished inside the budget, not stopped by it); the rounded
+            # seconds alone cannot tell a trial 0.04 s over the budget from one on it.
+            "trials": [
+                asdict(t) | {"seconds": round(t.seconds, 1), "inside": t in inside}
+                for t in self.trials
+            ],
         } | self.extra
 
 
