@@ -78,7 +78,7 @@ bench: install
 quality: install runs/backbone/config.json
 	$(BIN)/python benchmarks/quality.py --out runs/quality --nsmc4 $(NSMC4)
 
-# GPU readiness (not a test run; needs an NVIDIA GPU; ~5 min on one H200, at most 8): the GPU
+# GPU readiness (not a test run; needs an NVIDIA GPU; its step limits end within 8 min): the GPU
 # tests (bf16 + TF32, a real CUDA OOM), bench's GPU part (MFU), `launch` with 2 workers on
 # GPUs. Figures and logs go to $OUT, else runs/gpu-check/; no CUDA device: exit 2.
 gpu-check: install

@@ -51,7 +51,7 @@ class ProgressBar(TrainerCallback):
     def __init__(self, label: str = "training", stream: TextIO | None = None) -> None:
         self.label = label
         self.stream = stream if stream is not None else sys.stderr
-        self.enabled = _is_terminal(self.stream)
+        self.enabled = is_terminal(self.stream)
         self.bar: Progress | None = None
         self.task: Any = None
 
@@ -63,7 +63,7 @@ class ProgressBar(TrainerCallback):
             self.bar = progress_bar(
                 True,
                 TextColumn("{task.fields[postfix]}"),
-                # _is_terminal already decided; rich would also ask the environment.
+                # is_terminal already decided; rich would also ask the environment.
                 console=Console(file=self.stream, force_terminal=True),
                 transient=True,  # the worker prints its own line when the trial ends
                 # Leave sys.stdout/stderr alone: the worker's logging owns them.
@@ -102,7 +102,8 @@ class ProgressBar(TrainerCallback):
             self.bar = None
 
 
-def _is_terminal(stream: TextIO) -> bool:
+def is_terminal(stream: TextIO) -> bool:
+    """Whether ``stream`` is a terminal (a bar can be drawn on it)."""
     try:
         return stream.isatty()
     except (AttributeError, ValueError):  # no isatty, or a closed stream

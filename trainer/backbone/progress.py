@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.progress import Progress, TextColumn, TimeRemainingColumn
 
 from trainer.errors import BadInput
-from trainer.progress import progress_bar
+from trainer.progress import is_terminal, progress_bar
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -177,7 +177,7 @@ def phase(
     without ``label`` the code it calls names its first step (``Phase.restart``)."""
     stream = sys.stderr if stream is None else stream
     shown = Phase(name, unit)
-    show = functools.partial(_bar, stream=stream) if _is_terminal(stream) else _lines
+    show = functools.partial(_bar, stream=stream) if is_terminal(stream) else _lines
     with show(shown):
         if label:
             shown.restart(label, total)
@@ -210,7 +210,7 @@ def _bar(shown: Phase, stream: TextIO) -> Iterator[None]:
         True,
         TimeRemainingColumn(),
         TextColumn("{task.fields[note]}"),
-        console=Console(file=stream, force_terminal=True),  # _is_terminal decided already
+        console=Console(file=stream, force_terminal=True),  # is_terminal decided already
     )
     shown.bar = bar
     with bar, _logs_above(bar.console):
@@ -244,13 +244,6 @@ def _logs_above(console: Console) -> Iterator[None]:
     finally:
         logger.removeHandler(handler)
         logger.propagate = propagate
-
-
-def _is_terminal(stream: TextIO) -> bool:
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):  # no isatty, or a closed stream
-        return False
 
 
 def duration(seconds: float) -> str:
