@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make gpu-check`: the GPU path, run once on a machine with an NVIDIA GPU after `make
-# install`, in under 8 minutes end to end (its step limits; not yet timed on a GPU). It prints torch, CUDA and the GPUs,
+# install`, in under 8 minutes end to end (its step limits; not yet timed on a GPU). It
+# prints torch, CUDA and the GPUs,
 # then runs three steps, each under its own time limit, each ending in one line
 # "PASS|FAIL <step> <seconds> s ..."; a failed step does not stop the next:
 #   gpu-tests  pytest -m gpu tests/gpu: auto precision trains in bf16 with TF32 matmuls,
