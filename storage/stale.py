@@ -13,7 +13,9 @@ enqueues the WAITING copy that reruns its parameters. A worker killed between th
 (workers run this in their loop, and are killed: preemption, OOM) leaves a FAIL trial
 and no retry; nothing ever looks at a FAIL trial again, so the trial is lost. Here the
 failure and its retry are one transaction: a kill leaves both or neither, and neither is
-a trial still RUNNING and stale, which the next worker repairs.
+a trial still RUNNING and stale, which the next worker repairs. ``study.optimize`` runs
+Optuna's two-step pass before every trial too; focaltune's storage shows it no stale
+trial (``OutageTolerantStorage._get_stale_trial_ids``), so this is the only repair.
 """
 
 from __future__ import annotations
@@ -59,11 +61,9 @@ def fail_stale_trials(study: optuna.Study) -> list[int]:
         return []
     if backend.get_heartbeat_interval() is None:
         return []
-    failed = [
-        trial_id
-        for trial_id in backend._get_stale_trial_ids(study._study_id)  # + never beaten
-        if _fail_and_retry(backend, trial_id)[0]
-    ]
+    # focaltune's storage: stale and never-beaten trials (and Optuna's own pass sees none).
+    find = getattr(backend, "stale_trial_ids", backend._get_stale_trial_ids)
+    failed = [tid for tid in find(study._study_id) if _fail_and_retry(backend, tid)[0]]
     callback = backend.get_heartbeat_stale_trial_callback()
     if callback is not None and not isinstance(callback, RetryHeartbeatStaleTrialCallback):
         # A callback we cannot run inside the transaction: after it, as Optuna does.

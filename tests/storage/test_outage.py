@@ -78,7 +78,7 @@ def test_a_missed_heartbeat_does_not_end_the_heartbeats(server: LocalPostgres) -
     storage.record_heartbeat(trial_id)  # logged, not raised: Optuna's thread would die
     server.start()
     storage.record_heartbeat(trial_id)
-    assert storage._get_stale_trial_ids(study_id) == []
+    assert storage.stale_trial_ids(study_id) == []
 
 
 def test_wait_for_storage_does_not_hide_other_errors() -> None:

@@ -26,6 +26,7 @@ from storage.rdb import (
     set_heartbeat,
     warn_if_sqlite_crowded,
 )
+from storage.stale import fail_stale_trials
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -223,13 +224,13 @@ def test_killed_workers_trial_fails_and_is_retried_by_the_next_worker(any_url: s
     time.sleep(1.5)  # let the heartbeat thread record at least once
     worker.kill()
     worker.wait()
-    optuna.storages.fail_stale_trials(study)
+    fail_stale_trials(study)  # the worker loop's repair
     assert study.trials[0].state == optuna.trial.TrialState.RUNNING  # within the grace period
     deadline = time.monotonic() + 20
     while study.trials[0].state == optuna.trial.TrialState.RUNNING:
         assert time.monotonic() < deadline, "the stale trial was never failed"
         time.sleep(0.5)
-        optuna.storages.fail_stale_trials(study)
+        fail_stale_trials(study)
     original, retry = study.trials
     assert original.state == optuna.trial.TrialState.FAIL
     assert retry.state == optuna.trial.TrialState.WAITING

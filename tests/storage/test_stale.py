@@ -40,7 +40,13 @@ from storage.rdb import open_storage
 
 url, marker, repairer, pause = sys.argv[1:]
 marker, pause = pathlib.Path(marker), float(pause)
-db = open_storage(url, heartbeat_interval=1, grace_period=2, max_retry=3)
+if repairer == "optuna":  # Optuna's own storage: focaltune's shows Optuna's pass no stale trial
+    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
+    db = optuna.storages.RDBStorage(
+        url, heartbeat_interval=1, grace_period=2, failed_trial_callback=retry
+    )
+else:
+    db = open_storage(url, heartbeat_interval=1, grace_period=2, max_retry=3)
 study = optuna.create_study(study_name="window", storage=db, direction="maximize")
 trial_id = db.create_new_trial(study._study_id)
 db.set_trial_param(trial_id, "x", 0.5, optuna.distributions.FloatDistribution(0, 1))
@@ -137,17 +143,30 @@ def test_a_trial_that_never_beat_is_failed_after_the_grace_period(url: str) -> N
     live = storage.create_new_trial(study._study_id)
     storage.record_heartbeat(live)
 
-    optuna.storages.fail_stale_trials(study)
+    fail_stale_trials(study)
     assert storage.get_trial(dead).state == TrialState.RUNNING  # young: may still beat
 
     time.sleep(2.5)
     storage.record_heartbeat(live)
-    optuna.storages.fail_stale_trials(study)
+    fail_stale_trials(study)
     assert storage.get_trial(dead).state == TrialState.FAIL
     assert storage.get_trial(live).state == TrialState.RUNNING
     waiting = study.get_trials(states=(TrialState.WAITING,))
     assert [t.params for t in waiting] == [{"x": 0.5}]  # retried with the same params
     assert waiting[0].system_attrs["failed_trial"] == storage.get_trial(dead).number
+
+
+def test_study_optimize_leaves_stale_trials_to_our_repair(url: str) -> None:
+    # study.optimize runs Optuna's two-step pass before each trial; with focaltune's storage
+    # it must find nothing, or the window below would stay open inside every worker's trial.
+    storage = open_storage(url, **HEARTBEAT)
+    study = optuna.create_study(study_name="stale", storage=storage, direction="maximize")
+    dead = stale_trial(storage, study)
+    time.sleep(STALE_S)
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=1)
+    assert storage.get_trial(dead).state == TrialState.RUNNING  # Optuna's pass left it
+    assert fail_stale_trials(study) == [dead]  # ours: the failure and its retry at once
+    assert sorted(t.state.name for t in study.get_trials()) == ["COMPLETE", "FAIL", "WAITING"]
 
 
 @pytest.mark.process
@@ -230,12 +249,18 @@ def test_the_retry_is_the_one_optunas_callback_makes_and_max_retry_holds(url: st
     # a trial retried twice (a third retry is allowed by max_retry=3) and three times (not).
     studies = {}
     for inherit in (False, True):
-        storage = open_storage(url, **HEARTBEAT)
-        storage.heartbeat_stale_trial_callback = optuna.storages.RetryHeartbeatStaleTrialCallback(
+        callback = optuna.storages.RetryHeartbeatStaleTrialCallback(
             max_retry=3, inherit_intermediate_values=inherit
         )
         for repairer in ("optuna", "ours"):
             name = f"{repairer}-{inherit}"
+            # Optuna's pass on Optuna's storage: focaltune's shows that pass no stale trial.
+            storage = (
+                optuna.storages.RDBStorage(url, heartbeat_interval=1, grace_period=2)
+                if repairer == "optuna"
+                else open_storage(url, **HEARTBEAT)
+            )
+            storage.heartbeat_stale_trial_callback = callback
             study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
             stale_trial(storage, study)
             stale_trial(storage, study, {"failed_trial": 7, "retry_history": [7, 8]})
