@@ -39,20 +39,27 @@ def resolve_config(cfg: StudyConfig) -> StudyConfig:
     data.labels = splits.label_names
     for i, entry in enumerate(cfg.study.enqueue):
         check_alphas(entry.focal_alpha, len(data.labels), f"study.enqueue[{i}]")
-    model = cfg.model.model_copy()
-    if Path(model.name_or_path).is_dir():
-        model.name_or_path = str(Path(model.name_or_path).resolve())
+    # Local backbones and folders are made absolute so every worker, whatever its CWD,
+    # loads the same model and writes to the same place; Hub names stay as they are.
+    model = cfg.model.model_copy(update={"name_or_path": local_absolute(cfg.model.name_or_path)})
+    space = cfg.space.model_copy()
+    if space.backbones:
+        space.backbones = [local_absolute(name) for name in space.backbones]
     preflight(data, study_backbones(cfg), cfg.tracking)
     study = cfg.study.model_copy(update={"storage": None})
     tracking = cfg.tracking.model_copy(deep=True)
-    # Folders are made absolute so every worker writes to the same place, whatever its CWD.
     if tracking.artifacts:
         tracking.artifacts = str(Path(tracking.artifacts).resolve())
     if tracking.wandb.dir:
         tracking.wandb.dir = str(Path(tracking.wandb.dir).resolve())
     return cfg.model_copy(
-        update={"data": data, "model": model, "study": study, "tracking": tracking}
+        update={"data": data, "model": model, "space": space, "study": study, "tracking": tracking}
     )
+
+
+def local_absolute(name_or_path: str) -> str:
+    """A backbone folder as an absolute path; a Hub name (no such folder) unchanged."""
+    return str(Path(name_or_path).resolve()) if Path(name_or_path).is_dir() else name_or_path
 
 
 def check_alphas(alpha: list[float] | None, num_labels: int, where: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import optuna
 import pytest
 import yaml
@@ -72,3 +74,20 @@ def test_random_sampler_is_the_ablation_choice(write_config) -> None:
         for k in (0, 1, 0)
     ]
     assert draws[0] == draws[2] != draws[1]
+
+
+def test_relative_backbone_folders_are_stored_absolute(
+    write_config, tiny_backbone, tmp_path, monkeypatch
+) -> None:
+    # Workers start elsewhere (a Slurm job's folder, a pod): a backbone given relative to
+    # where `study create` ran must name the same folder for them.
+    shutil.copytree(tiny_backbone, tmp_path / "bb")
+    monkeypatch.chdir(tmp_path)
+    path = write_config(
+        "s5", model={"name_or_path": "bb"}, space={"backbones": ["bb", str(tiny_backbone)]}
+    )
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}", heartbeat_interval=None)
+    stored = stored_config(create_study(load_study_config(path), storage))
+    here = str((tmp_path / "bb").resolve())
+    assert stored.model.name_or_path == here
+    assert stored.space.backbones == [here, str(tiny_backbone.resolve())]
