@@ -211,7 +211,7 @@ def retry_interrupted(
     if trial is None:
         return
     try:
-        frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
+        frozen = study._storage.get_trial(trial._trial_id)  # this trial only, not the study
         if frozen.state == TrialState.FAIL:
             optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)(study, frozen)
     except (*STORAGE_ERRORS, StorageUnreachable):
