@@ -17,12 +17,14 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import optuna
+import sqlalchemy
 
 from benchmarks.fill_study import fill, history
 from search.config import StudyConfig
@@ -34,18 +36,29 @@ from search.study import create_study
 from search.worker import ahead_of, counts, open_study
 from storage import open_storage
 from storage.attrs import set_user_attrs
+from storage.stale import fail_stale_trials
 from trainer.callbacks import EvalRecord
 
 STORAGE_PHASES = ("loop", "ask", "report", "heartbeat", "attrs", "note", "tell")
 
 
 class Laps:
-    """Seconds per named phase, one list entry per trial."""
+    """Seconds per named phase, one list entry per trial, and SQL statements per phase."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, list[float]] = {}
+        self.statements: Counter[str] = Counter()
+        self.phase = ""
+
+    def count_statements(self, engine: sqlalchemy.engine.Engine) -> None:
+        """Count what each phase sends to the database: on PostgreSQL, a round trip each."""
+        sqlalchemy.event.listen(engine, "before_cursor_execute", self._statement)
+
+    def _statement(self, *_: Any) -> None:
+        self.statements[self.phase] += 1
 
     def time(self, phase: str, work: Callable[[], Any]) -> Any:
+        self.phase = phase
         started = time.perf_counter()
         result = work()
         self.seconds.setdefault(phase, []).append(time.perf_counter() - started)
@@ -77,7 +90,7 @@ def set_attrs(trial: optuna.Trial, records: list[EvalRecord]) -> None:
 
 def one_trial(study: optuna.Study, cfg: StudyConfig, laps: Laps, plan: dict[str, Any]) -> None:
     """A worker's storage and sampler calls for one trial, in the worker's order."""
-    laps.time("loop", lambda: (optuna.storages.fail_stale_trials(study), counts(study)))
+    laps.time("loop", lambda: (fail_stale_trials(study), counts(study)))
     trial = laps.time("ask", lambda: ask(study, cfg))
     labels = cfg.data.labels or []
     records = history(plan["rng"], plan["evaluations"], len(labels))
@@ -102,7 +115,7 @@ def measure(
     fill(url, base, filled)
     fill_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    study, cfg, _ = open_study(url, base.study.name, worker_index=0)
+    study, cfg, storage = open_study(url, base.study.name, worker_index=0)
     study.get_trials(deepcopy=False)  # what a worker's first ask pays: load every trial
     open_seconds = time.perf_counter() - started
     plan = {
@@ -112,10 +125,11 @@ def measure(
         "heartbeats": math.ceil(trial_seconds / base.study.heartbeat_interval),
     }
     laps = Laps()
+    laps.count_statements(storage.engine)
     for _ in range(trials):
         one_trial(study, cfg, laps, plan)
     medians = laps.medians()
-    storage = sum(medians[p] for p in STORAGE_PHASES)
+    spent = sum(medians[p] for p in STORAGE_PHASES)
     return {
         "trials_in_study": filled,
         "fill_seconds": round(fill_seconds, 1),
@@ -123,8 +137,9 @@ def measure(
         "evaluations_per_trial": plan["evaluations"],
         "heartbeats_per_trial": plan["heartbeats"],
         "median_seconds_per_trial": {k: round(v, 4) for k, v in medians.items()},
-        "storage_sampler_seconds_per_trial": round(storage, 4),
-        "fraction_of_trial": storage / trial_seconds,
+        "storage_sampler_seconds_per_trial": round(spent, 4),
+        "statements_per_trial": {p: n / trials for p, n in laps.statements.items()},
+        "fraction_of_trial": spent / trial_seconds,
         "artifacts_fraction_of_trial": medians["artifacts"] / trial_seconds,
     }
 

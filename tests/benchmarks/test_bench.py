@@ -91,4 +91,7 @@ def test_bench_runs_every_part_and_writes_consistent_json(tmp_path: Path) -> Non
         assert figures["trials_in_study"] == 20
         per_call = figures["median_seconds_per_trial"]
         assert figures["storage_sampler_seconds_per_trial"] >= per_call["ask"] > 0
+        statements = figures["statements_per_trial"]  # counted on the worker's own engine
+        assert statements["ask"] >= 8  # at least one write per suggested parameter
+        assert statements["report"] >= figures["evaluations_per_trial"]  # a write per report
     assert any(t["target"].startswith("Trainer") for t in results["targets"])
