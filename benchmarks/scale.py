@@ -31,6 +31,7 @@ import itertools
 import json
 import os
 import random
+import shutil
 import socket
 import statistics
 import subprocess
@@ -264,6 +265,10 @@ def run_workers(
     measure(result, server.url(), name, logs, killed)
     firsts = [json.loads(log.read_text().splitlines()[0])["start"] for log in logs if log.exists()]
     result.startup_s = round(max(firsts) - launched, 1) if firsts else 0.0
+    if result.errors:  # the workers' logs and stderr explain them: kept
+        print(f"{name}: worker logs kept in {work}", flush=True)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
     return result
 
 
@@ -431,7 +436,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--low", type=float, default=5.0, help="shortest trial, s (5)")
     parser.add_argument("--high", type=float, default=15.0, help="longest trial, s (15)")
     parser.add_argument("--kill-fraction", type=float, default=0.1)
-    parser.add_argument("--no-kills", action="store_true", help="skip the runs with kills")
+    parser.add_argument(
+        "--kills",
+        choices=("both", "none", "only"),
+        default="both",
+        help="runs without kills, then with them (both); without only (none); with only (only)",
+    )
     parser.add_argument(
         "--minutes",
         type=float,
@@ -467,16 +477,20 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[ScaleRun] = []
     root = Path(tempfile.mkdtemp(prefix="focaltune-scale-"))
     settings = {"max_connections": str(MAX_CONNECTIONS)}
-    with LocalPostgres(root, settings=settings) as server:
-        for kill in (False,) if args.no_kills else (False, True):
-            for n in args.sizes:
-                for path in args.paths:
-                    runs.append(run_once(server, path, n, kill, args))
-                    print(table(runs[-1:]).splitlines()[-1], flush=True)
-                    save(runs, args)  # after each run: a long benchmark keeps what it has
+    try:
+        with LocalPostgres(root, settings=settings) as server:
+            for kill in {"both": (False, True), "none": (False,), "only": (True,)}[args.kills]:
+                for n in args.sizes:
+                    for path in args.paths:
+                        runs.append(run_once(server, path, n, kill, args))
+                        print(table(runs[-1:]).splitlines()[-1], flush=True)
+                        save(runs, args)  # after each run: a long benchmark keeps what it has
+    finally:
+        shutil.rmtree(root, ignore_errors=True)  # the server's data folder
     runs = save(runs, args)
     print(table(runs))
-    plot(runs, args.plot)
+    if any(not r.kills for r in runs):  # the plot shows the runs without kills
+        plot(runs, args.plot)
     return 0
 
 
