@@ -48,7 +48,7 @@ def make_objective(
     splits: Splits,
     on_trial_end: Callable[[optuna.Trial, list[EvalRecord], Any], None] | None = None,
 ) -> Callable[[optuna.Trial], float]:
-    """The objective for ``study.optimize``; ``splits`` are loaded once per worker."""
+    """The objective the worker runs per trial; ``splits`` are loaded once per worker."""
 
     def objective(trial: optuna.Trial) -> float:
         cfg = suggest(trial, base)
@@ -89,11 +89,11 @@ def make_objective(
 
 
 def free_memory() -> None:
-    """Release the last trial's model, optimizer state and batches; call it after
-    ``study.optimize`` returns, not inside the objective.
+    """Release the last trial's model, optimizer state and batches; call it after the trial
+    is told (``search.trial_run.run_trial`` returns), not inside the objective.
 
     A pruned or failed trial's exception holds, through its traceback, the frames that hold
-    the model and the Trainer; Optuna keeps the exception in a frame it points back to, and
+    the model and the Trainer; the frame that caught it points back to it, and
     accelerate's patched ``forward`` is another cycle. Until the exception is gone and a
     full collection has run, none of that memory (~1.3 GB for a BERT-base on a GPU) is
     free, and the next trial runs out of it.

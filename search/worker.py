@@ -23,12 +23,13 @@ from optuna.trial import FrozenTrial, TrialState
 from search.config import StudyConfig
 from search.stop import StopSignals
 from search.study import load_existing, make_pruner, make_sampler, stored_config
+from search.trial_run import run_trial
 from storage import open_storage
 from storage.counts import count_below, state_counts
 from storage.errors import StorageUnreachable
 from storage.outage import OutageTolerantStorage, is_connection_error, unreachable_in
 from storage.rdb import set_heartbeat
-from storage.stale import fail_stale_trials
+from storage.stale import fail_and_retry, fail_stale_trials
 
 log = logging.getLogger(__name__)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -140,9 +141,6 @@ def run_worker(
                 raise BudgetReached(f"budget {budget} met")
             return runner.objective(trial)
 
-    def announce(_study: optuna.Study, trial: FrozenTrial) -> None:
-        echo(trial_line(trial))
-
     stops.install()
     started, ran = time.monotonic(), 0
     try:
@@ -159,8 +157,7 @@ def run_worker(
                     continue
                 if step == "done":
                     return WorkerSummary(ran, "budget")
-                catch = (*runner.errors, BudgetReached)
-                study.optimize(guarded, n_trials=1, catch=catch, callbacks=[announce])
+                echo(trial_line(run_trial(study, guarded, (*runner.errors, BudgetReached))))
                 runner.after_trial()  # here, once the trial's exception (if any) is gone
                 current.clear()  # finished: a later stop must not retry it
                 ran += 1
@@ -176,10 +173,10 @@ def run_worker(
                     raise
                 raise gone from None
     except StorageUnreachable:
-        retry_interrupted(study, current.get("trial"), cfg.study.max_retry, best_effort=True)
+        retry_interrupted(storage, current.get("trial"), best_effort=True)
         raise
     except KeyboardInterrupt as stop:
-        retry_interrupted(study, current.get("trial"), cfg.study.max_retry)
+        retry_interrupted(storage, current.get("trial"))
         echo(f"worker stopped: {stop or 'interrupted'}")
         return WorkerSummary(ran, "signal")
 
@@ -201,9 +198,10 @@ def next_step(study: optuna.Study, budget: int) -> str:
 
 
 def retry_interrupted(
-    study: optuna.Study, trial: optuna.Trial | None, max_retry: int, best_effort: bool = False
+    storage: OutageTolerantStorage, trial: optuna.Trial | None, best_effort: bool = False
 ) -> None:
-    """Give an interrupted (now FAIL) trial back to the study as a WAITING retry.
+    """Fail an interrupted trial (``run_trial`` left it RUNNING) and enqueue its retry, in
+    one transaction; nothing if it is finished already.
 
     ``best_effort``: the database may be gone; a trial it cannot fail stays RUNNING,
     and the other workers fail and retry it once its heartbeat is stale.
@@ -211,9 +209,7 @@ def retry_interrupted(
     if trial is None:
         return
     try:
-        frozen = study._storage.get_trial(trial._trial_id)  # this trial only, not the study
-        if frozen.state == TrialState.FAIL:
-            optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)(study, frozen)
+        fail_and_retry(storage, trial._trial_id)
     except (*STORAGE_ERRORS, StorageUnreachable):
         if not best_effort:
             raise

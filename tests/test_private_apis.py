@@ -2,8 +2,8 @@
 
 There is no public API for these (each use site says why); an upgrade that renames or
 reshapes one must fail here, loudly, instead of quietly switching off what it serves:
-outage tolerance, the death-before-heartbeat check, a stale trial's failure and retry in
-one transaction, fast dashboard notes, one-transaction user attributes, in-order
+outage tolerance, the death-before-heartbeat check, a stale or interrupted trial's failure
+and retry in one transaction, fast dashboard notes, one-transaction user attributes, in-order
 evaluation, length-grouped batches from the cached lengths and the masks of a resumed MLM
 pretraining.
 """
@@ -38,6 +38,9 @@ SIGNATURES = [
     ("optuna.storages", "RDBStorage._build_frozen_trial_from_trial_model", ["self", "trial"]),
     ("optuna.storages", "RetryHeartbeatStaleTrialCallback.__init__",
      ["self", "max_retry", "inherit_intermediate_values"]),
+    # search/trial_run.py runs a trial with study.optimize's heartbeat thread, so that an
+    # interrupted trial stays RUNNING until its failure and retry are one transaction.
+    ("optuna.storages._heartbeat", "get_heartbeat_thread", ["trial_id", "storage"]),
     # storage/rdb.py checks the schema's revision one connection at a time (PgBouncer).
     ("optuna.storages._rdb.storage", "_VersionManager.get_current_version", ["self"]),
     ("optuna.storages._rdb.storage", "_VersionManager.get_head_version", ["self"]),
