@@ -51,7 +51,7 @@ class Laps:
         self.phase = ""
 
     def count_statements(self, engine: sqlalchemy.engine.Engine) -> None:
-        """Count what each phase sends to the database: on PostgreSQL, a round trip each."""
+        """Count the SQL statements each phase sends (commits and checkout pings not included)."""
         sqlalchemy.event.listen(engine, "before_cursor_execute", self._statement)
 
     def _statement(self, *_: Any) -> None:

@@ -46,7 +46,7 @@ class SyntheticRunner:
         self.cpu = time.process_time()
         self.rng = random.Random(seed)
         self.ended: float | None = None  # perf_counter when the last objective returned
-        self.finished: float | None = None  # ... and when study.optimize returned
+        self.finished: float | None = None  # ... and when run_trial returned
         self.pending: dict | None = None  # the last trial's line, written once told
 
     def __call__(self, cfg: StudyConfig, study: optuna.Study, url: str) -> TrialRunner:

@@ -116,3 +116,8 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
 
 def write_json_atomic(path: str | Path, payload: Any) -> Path:
     return write_text_atomic(path, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+
+
+def local_absolute(name_or_path: str) -> str:
+    """A backbone folder as an absolute path; a Hub name (no such folder) unchanged."""
+    return str(Path(name_or_path).resolve()) if Path(name_or_path).is_dir() else name_or_path

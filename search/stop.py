@@ -1,7 +1,7 @@
 """Stopping a worker on SIGTERM or SIGINT without leaving a trial RUNNING.
 
-Inside a trial's objective a signal raises at once: Optuna fails the trial and the worker
-gives it back to the study as a retry. Anywhere else (inside ``study.ask``, the
+Inside a trial's objective a signal raises at once: the worker fails the trial and enqueues
+its retry in one transaction (``search.trial_run``). Anywhere else (inside ``study.ask``, the
 ``tell``, the wait between trials) it is only noted and takes effect at the next
 check, because raising there could strand a trial Optuna has just created: RUNNING, with
 no heartbeat yet and no one left to finish it.

@@ -14,7 +14,7 @@ from typing import Any
 import optuna
 
 from search.config import SCHEMA_VERSION, StudyConfig, TrackingConfig, parse_study_config
-from search.files import check_output
+from search.files import check_output, local_absolute
 from search.space import hyperparams_to_params
 from search.warm import map_params
 from storage import describe, open_storage
@@ -55,11 +55,6 @@ def resolve_config(cfg: StudyConfig) -> StudyConfig:
     return cfg.model_copy(
         update={"data": data, "model": model, "space": space, "study": study, "tracking": tracking}
     )
-
-
-def local_absolute(name_or_path: str) -> str:
-    """A backbone folder as an absolute path; a Hub name (no such folder) unchanged."""
-    return str(Path(name_or_path).resolve()) if Path(name_or_path).is_dir() else name_or_path
 
 
 def check_alphas(alpha: list[float] | None, num_labels: int, where: str) -> None:

@@ -52,8 +52,8 @@ def run_trial(
             state, failure = TrialState.FAIL, err
     # Told once the heartbeats have stopped, as study.optimize does.
     frozen = study.tell(trial, value, state=state)
-    if failure is not None and not isinstance(failure, catch):
-        raise failure
-    if failure is not None:
-        log.warning("trial %d failed: %s: %s", trial.number, type(failure).__name__, failure)
+    if failure is not None:  # with its traceback, as study.optimize logs it
+        log.warning("trial %d failed: %r", trial.number, failure, exc_info=failure)
+        if not isinstance(failure, catch):
+            raise failure
     return frozen

@@ -16,6 +16,7 @@ import optuna
 
 from search.config import StudyConfig
 from search.export import rank_trials
+from search.files import local_absolute
 from trainer.errors import BadInput
 
 log = logging.getLogger(__name__)
@@ -50,8 +51,8 @@ def map_params(params: dict[str, Any], cfg: StudyConfig, where: str) -> dict[str
     label names known); clipped and dropped values are logged as warnings naming them."""
     ranges, mapped, notes = _ranges(cfg), {}, []
     for name, value in params.items():
-        if name == "backbone" and value in (cfg.space.backbones or []):
-            mapped[name] = value
+        if name == "backbone" and local_absolute(value) in (cfg.space.backbones or []):
+            mapped[name] = local_absolute(value)  # this study's backbones are absolute
         elif name not in ranges:
             notes.append(f"{name}={value!r} dropped (not in this study's space)")
         else:

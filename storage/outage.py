@@ -96,8 +96,8 @@ def is_connection_error(err: BaseException) -> bool:
 
 
 def unreachable_in(err: BaseException) -> StorageUnreachable | None:
-    """The ``StorageUnreachable`` behind ``err``, if any: Optuna's ``_run_trial`` can turn it
-    into an ``UnboundLocalError`` when reading the trial back fails too."""
+    """The ``StorageUnreachable`` behind ``err``, if any: it may be the context of another
+    error raised while handling it (failing the trial, reading it back)."""
     return next((seen for seen in _chain(err) if isinstance(seen, StorageUnreachable)), None)
 
 

@@ -21,7 +21,7 @@ SIGNATURES = [
     ("optuna.storages", "RDBStorage._get_trials",
      ["self", "study_id", "states", "included_trial_ids", "trial_id_greater_than"]),
     ("optuna.storages", "RDBStorage._get_best_trial_id", ["self", "study_id", "direction"]),
-    ("optuna.storages", "RDBStorage._get_stale_trial_ids", ["self", "study_id"]),
+    ("optuna.storages", "RDBStorage._get_stale_trial_ids", ["self", "study_id"]),  # stale_trial_ids
     ("optuna.storages", "RDBStorage._set_trial_param",
      ["self", "trial_id", "param_name", "param_value_internal", "distribution",
       "previous_distribution"]),

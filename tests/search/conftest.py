@@ -25,6 +25,7 @@ from search.config import StudyConfig, parse_study_config
 from search.objective import make_objective
 from search.reporting import make_trial_reporter
 from search.study import create_study, make_pruner, make_sampler, stored_config
+from search.trial_run import run_trial
 from storage import open_storage
 from tests.conftest import read_nsmc, stub_backbone
 from trainer.callbacks import EvalHook, EvalRecord
@@ -168,7 +169,8 @@ def run_trials(
     train = drawn_training(curve, first_seed=len(study.trials), error=error)
     objective = make_objective(cfg, splits=None, on_trial_end=reporter)  # no data is read
     with mock.patch("search.objective.train_model", train):
-        study.optimize(objective, n_trials=n_trials, catch=catch)
+        for _ in range(n_trials):  # as the worker runs them
+            run_trial(study, objective, catch)
 
 
 def finished_study(url: str, cfg: StudyConfig) -> optuna.Study:

@@ -1,7 +1,7 @@
 """The trial reporter on real SQLite studies: PNG artifacts, dashboard notes, failure policy.
 
-Trials run through ``study.optimize`` with the real objective (``make_objective``: the search
-space, reports, pruning, best-evaluation attributes, the reporter as its hook); only
+Trials run through the worker's ``run_trial`` with the real objective (``make_objective``: the
+search space, reports, pruning, best-evaluation attributes, the reporter as its hook); only
 ``train_model`` is replaced (``drawn_training`` in conftest): its evaluation records carry
 real ``classification_metrics`` of real nsmc4 labels with drawn (seeded) logits, so a trial
 takes milliseconds. One slow test runs the real `focaltune worker` end to end.

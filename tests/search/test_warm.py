@@ -8,8 +8,10 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 
 from search.cli import main
+from search.config import parse_study_config
 from search.space import suggest
 from search.study import stored_config
+from search.warm import map_params
 from storage import open_storage
 
 SOURCE_SPACE = {
@@ -71,3 +73,22 @@ def test_a_bad_warm_start_exits_2_and_creates_nothing(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and words in err[0] and "--warm-start" in err[0]
     assert "new" not in optuna.get_all_study_names(open_storage(new, heartbeat_interval=None))
+
+
+def test_a_relative_backbone_of_the_source_maps_to_this_studys_absolute_one(
+    tmp_path, monkeypatch
+) -> None:
+    # Studies created before `study create` made backbone folders absolute hold them as given.
+    (tmp_path / "bb").mkdir()
+    monkeypatch.chdir(tmp_path)
+    here = str((tmp_path / "bb").resolve())
+    raw = {
+        "study": {"name": "w"},
+        "data": {"train": "t.csv", "labels": ["0", "1"]},
+        "model": {"name_or_path": here},
+        "space": {"backbones": [here, "hub/name"]},
+    }
+    cfg = parse_study_config(raw, "test")
+    assert map_params({"backbone": "bb"}, cfg, "old")["backbone"] == here
+    assert map_params({"backbone": "hub/name"}, cfg, "old")["backbone"] == "hub/name"
+    assert "backbone" not in map_params({"backbone": "elsewhere"}, cfg, "old")
