@@ -50,9 +50,10 @@ def map_params(params: dict[str, Any], cfg: StudyConfig, where: str) -> dict[str
     """``params`` of another study as an enqueue entry of this one (``cfg`` resolved: its
     label names known); clipped and dropped values are logged as warnings naming them."""
     ranges, mapped, notes = _ranges(cfg), {}, []
+    backbones = cfg.space.backbones or []  # absolute where local (resolve_config)
     for name, value in params.items():
-        if name == "backbone" and local_absolute(value) in (cfg.space.backbones or []):
-            mapped[name] = local_absolute(value)  # this study's backbones are absolute
+        if name == "backbone" and local_absolute(value) in backbones:
+            mapped[name] = local_absolute(value)
         elif name not in ranges:
             notes.append(f"{name}={value!r} dropped (not in this study's space)")
         else:

@@ -110,6 +110,13 @@ def kill_at_marker(child: subprocess.Popen[str], marker: Path) -> str:
     return seen
 
 
+def killed_half_way(url: str, tmp_path: Path, repairer: str) -> tuple[str, optuna.Study]:
+    """The trial's state the child's repairer saw when it was killed, and the study after."""
+    marker = tmp_path / "marker"
+    seen = kill_at_marker(start_child(url, marker, repairer, pause=600), marker)
+    return seen, optuna.load_study(study_name="window", storage=open_storage(url, **HEARTBEAT))
+
+
 def states(study: optuna.Study) -> list[TrialState]:
     return [t.state for t in study.get_trials()]
 
@@ -175,9 +182,8 @@ def test_optunas_fail_stale_trials_loses_the_retry_of_a_worker_killed_half_way(
 ) -> None:
     # The bug this module fixes, shown with Optuna's own function: FAIL committed, then the
     # worker is killed before its retry callback adds the WAITING copy.
-    marker = tmp_path / "marker"
-    assert kill_at_marker(start_child(url, marker, "optuna", pause=600), marker) == "FAIL"
-    study = optuna.load_study(study_name="window", storage=open_storage(url, **HEARTBEAT))
+    seen, study = killed_half_way(url, tmp_path, "optuna")
+    assert seen == "FAIL"
     assert states(study) == [TrialState.FAIL]  # no WAITING retry
     assert fail_stale_trials(study) == []  # and nothing will make one: it is not stale now
     assert states(study) == [TrialState.FAIL]
@@ -187,10 +193,8 @@ def test_optunas_fail_stale_trials_loses_the_retry_of_a_worker_killed_half_way(
 def test_a_worker_killed_half_way_through_ours_leaves_the_trial_running(
     url: str, tmp_path: Path
 ) -> None:
-    marker = tmp_path / "marker"
-    # The child's transaction had made the trial FAIL when it was killed...
-    assert kill_at_marker(start_child(url, marker, "ours", pause=600), marker) == "FAIL"
-    study = optuna.load_study(study_name="window", storage=open_storage(url, **HEARTBEAT))
+    seen, study = killed_half_way(url, tmp_path, "ours")
+    assert seen == "FAIL"  # the child's transaction had made the trial FAIL when killed...
     [trial] = study.get_trials()  # the study's cache now holds it RUNNING
     assert trial.state == TrialState.RUNNING  # ...and it was rolled back with the connection
     assert fail_stale_trials(study) == [trial._trial_id]  # still stale: the next worker's
